@@ -1,0 +1,94 @@
+# LLM Engineer Roadmap: one Makefile for learners, instructors and CI.
+#   make demo     set everything up, then run the capstones end to end
+#   make test     set everything up, then run every stage's suite
+# `make help` lists the rest.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+# torch's CPU build (2.13.0+cpu) is not on PyPI itself. On a machine whose pip is not already
+# configured to find it, point pip at PyTorch's CPU wheel index:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
+
+# The install is keyed on the lock and the project file: change either and `setup` reinstalls;
+# change neither and it only checks that the models are cached (a second or two).
+LOCK_HASH := $(shell cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(LOCK_HASH)
+
+.PHONY: help setup models demo test stage1 stage2 stage3 stage4 stage5 bench lint format doctor \
+        lock clean clean-venv reset-cache
+
+help:
+	@echo "make setup     venv + locked install + model cache (idempotent)"
+	@echo "make demo      run the capstones end to end on the default model"
+	@echo "make test      run every stage's suite (what CI runs)"
+	@echo "make stageN    run one stage's suite (N = 1..5)"
+	@echo "make bench     run the benchmarks; JSON + plots under reports/"
+	@echo "make doctor    check the environment and say what to fix"
+	@echo "make lint      ruff check + format check"
+	@echo "make lock      re-resolve requirements/base.in into requirements/lock.txt"
+	@echo "make clean     remove reports/, artifacts/ and Python caches (keeps venv and models)"
+	@echo "make reset-cache   remove the model and index cache (\$$LLM_ROADMAP_HOME)"
+	@echo "make clean-venv    remove the virtual environment"
+
+setup: $(STAMP) models
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps $(PIP_TORCH) -r requirements/lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+models: $(STAMP)
+	@$(PY) -m shared.models fetch --quiet
+
+demo: setup
+	@echo "== shared: one question to the default model through shared.chat" >&2
+	$(PY) -m shared.chat --stream "What is the capital of France?"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+stage1 stage2 stage3 stage4 stage5: setup
+	$(PY) -m pytest tests/$@ $(PYTEST_ARGS)
+
+bench: setup
+	@echo "No stage benchmark is built yet; each stage's issue adds its own to this target." >&2
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Runs with the venv's Python when there is one, else the system's: the doctor's job is to say
+# what is missing, including the venv itself.
+doctor:
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m shared.doctor
+
+# Re-resolve the whole dependency set once and pin it. Torch comes from pip's configured
+# find-links here, or from TORCH_INDEX elsewhere.
+PIP_FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile requirements/base.in --override requirements/overrides.txt \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --index-strategy unsafe-best-match \
+	  $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),) $(PIP_TORCH) \
+	  --no-header -o requirements/lock.txt
+	@echo "requirements/lock.txt updated; run make test before committing it" >&2
+
+clean:
+	rm -rf reports artifacts .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
+
+clean-venv:
+	rm -rf $(VENV)
+
+reset-cache:
+	rm -rf "$${LLM_ROADMAP_HOME:-$$HOME/.cache/llm-roadmap}"

@@ -1,0 +1,58 @@
+"""Markers and fixtures shared by every stage's suite.
+
+- Tests never write into the learner's repo: artifacts and reports go to a per-test temp dir.
+- The model cache is the real one (`make setup` fills it), read-only for most tests; tests of
+  the cache itself point LLM_ROADMAP_HOME at a temp dir.
+- The hub is off (HF_HUB_OFFLINE=1) unless LLM_ROADMAP_NETWORK=1: the default suite is offline.
+- `gpu` tests are skipped without CUDA; `network` tests without LLM_ROADMAP_NETWORK=1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+NETWORK = os.environ.get("LLM_ROADMAP_NETWORK", "") == "1"
+if not NETWORK:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip_net = pytest.mark.skip(reason="needs the internet; set LLM_ROADMAP_NETWORK=1")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "network" in item.keywords and not NETWORK:
+            item.add_marker(skip_net)
+
+
+@pytest.fixture(autouse=True)
+def isolated_outputs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path_factory.mktemp("out")
+    monkeypatch.setenv("LLM_ROADMAP_ARTIFACTS", str(out / "artifacts"))
+    monkeypatch.setenv("LLM_ROADMAP_REPORTS", str(out / "reports"))
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """An empty model/index cache, for tests of the cache itself."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LLM_ROADMAP_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def chat_model():
+    """The default chat model, loaded once per test session (from the cache `make setup` fills)."""
+    from shared.chat import LocalChatModel
+
+    return LocalChatModel()
