@@ -50,6 +50,8 @@ models: $(STAMP)
 demo: setup
 	@echo "== shared: one question to the default model through shared.chat" >&2
 	$(PY) -m shared.chat --stream "What is the capital of France?"
+	@echo "== stage 1: the hand-written decode loop, streaming, with a KV cache" >&2
+	$(PY) -m stage1_foundations generate --chat --stream --max-new-tokens 60 "Write a haiku about the sea."
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -57,8 +59,9 @@ test: setup
 stage1 stage2 stage3 stage4 stage5: setup
 	$(PY) -m pytest tests/$@ $(PYTEST_ARGS)
 
+# Each stage's benchmark writes reports/stageN_*.json and a PNG plot beside it.
 bench: setup
-	@echo "No stage benchmark is built yet; each stage's issue adds its own to this target." >&2
+	$(PY) -m stage1_foundations bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,3 @@
+from stage1_foundations.cli import entry
+
+raise SystemExit(entry())

@@ -1,0 +1,135 @@
+"""decode.py, the capstone: the hand-written loop must be `generate`, token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stage1_foundations.decode import DecodeConfig, forward_cached, forward_full, generate, stream_decode
+from stage1_foundations.sampling import SamplingConfig
+
+PLAIN_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of"]
+CHAT_PROMPTS = [
+    "Write a haiku about the sea.",
+    "What is the capital of France?",
+    "Name three primary colors.",
+]
+
+
+def hf_greedy(model, tokenizer, ids: list[int], n: int) -> list[int]:
+    """Reference: Transformers' own generate, greedy, without the trailing EOS."""
+    input_ids = torch.tensor([ids])
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=n, do_sample=False,
+            temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.eos_token_id,
+        )  # fmt: skip
+    new = out[0, len(ids) :].tolist()
+    return new[:-1] if new and new[-1] == tokenizer.eos_token_id else new
+
+
+def chat_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Fast: the tiny random model
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_tiny_greedy_loop_equals_generate(tiny, use_cache):
+    model, tokenizer = tiny
+    ids = tokenizer("Hello there, how are")["input_ids"]
+    ours = generate(model, tokenizer, ids, DecodeConfig(max_new_tokens=24, use_cache=use_cache))
+    assert ours.token_ids == hf_greedy(model, tokenizer, ids, 24)
+
+
+def test_tiny_cached_step_logits_equal_a_full_forward(tiny):
+    model, tokenizer = tiny
+    ids = torch.tensor([tokenizer("one two three four five")["input_ids"]])
+    _, past = forward_cached(model, ids[:, :-1], None)  # prefill all but the last token
+    cached, _ = forward_cached(model, ids[:, -1:], past)  # one cached step
+    torch.testing.assert_close(cached, forward_full(model, ids), atol=1e-5, rtol=1e-4)
+
+
+def test_stream_joins_to_the_text_even_through_split_characters(tiny):
+    """Random tokens include byte fragments of multi-byte characters; the stream must hold them back."""
+    model, tokenizer = tiny
+    config = DecodeConfig(
+        max_new_tokens=60, sampling=SamplingConfig(temperature=1.5), seed=3, ignore_eos=True
+    )
+    ids = tokenizer("Ünïcödé ☕ text:")["input_ids"]
+    stream = stream_decode(model, tokenizer, ids, config)
+    deltas = []
+    while True:
+        try:
+            deltas.append(next(stream))
+        except StopIteration as done:
+            result = done.value
+            break
+    assert "".join(deltas) == result.text == generate(model, tokenizer, ids, config).text
+    assert all("\ufffd" not in d for d in deltas[:-1]), "no half characters mid-stream"
+
+
+def test_max_new_tokens_and_seeded_sampling(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer("Once")["input_ids"]
+    config = DecodeConfig(
+        max_new_tokens=10, sampling=SamplingConfig(temperature=1.0, top_k=50), seed=5, ignore_eos=True
+    )
+    a, b = generate(model, tokenizer, ids, config), generate(model, tokenizer, ids, config)
+    assert a.token_ids == b.token_ids and a.new_tokens == 10 and a.finish_reason == "length"
+    other = generate(model, tokenizer, ids, DecodeConfig(**{**config.__dict__, "seed": 6}))
+    assert other.token_ids != a.token_ids
+    assert a.time_to_first_token_s <= a.seconds and a.tokens_per_second > 0
+
+
+def test_decode_config_validates():
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        DecodeConfig(max_new_tokens=0)
+
+
+# --------------------------------------------------------------------------------------------
+# Slow: the real model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_real_greedy_loop_equals_generate(real, use_cache, chat):
+    model, tokenizer = real
+    for prompt in CHAT_PROMPTS if chat else PLAIN_PROMPTS:
+        ids = chat_ids(tokenizer, prompt) if chat else tokenizer(prompt)["input_ids"]
+        ours = generate(model, tokenizer, ids, DecodeConfig(max_new_tokens=20, use_cache=use_cache))
+        assert ours.token_ids == hf_greedy(model, tokenizer, ids, 20), prompt
+
+
+@pytest.mark.slow
+def test_real_cached_step_logits_equal_a_full_forward(real):
+    model, tokenizer = real
+    ids = torch.tensor([chat_ids(tokenizer, "What is the capital of France?") + [504, 3575]])
+    _, past = forward_cached(model, ids[:, :-1], None)
+    cached, _ = forward_cached(model, ids[:, -1:], past)
+    full = forward_full(model, ids)
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    assert cached.argmax() == full.argmax()
+
+
+@pytest.mark.slow
+def test_real_stream_joins_and_stop_strings_cut(real):
+    model, tokenizer = real
+    ids = tokenizer("def fibonacci(n):")["input_ids"]
+    full = generate(model, tokenizer, ids, DecodeConfig(max_new_tokens=30))
+    assert "return" in full.text
+    config = DecodeConfig(max_new_tokens=30, stop=["return"])
+    cut = generate(model, tokenizer, ids, config)
+    assert cut.finish_reason == "stop"
+    assert cut.text == full.text[: full.text.index("return")]
+    assert "".join(stream_decode(model, tokenizer, ids, config)) == cut.text
+
+    question = chat_ids(tokenizer, "What is the capital of France?")
+    answer = generate(model, tokenizer, question, DecodeConfig(max_new_tokens=30))
+    assert "Paris" in answer.text and answer.finish_reason == "eos"
+    assert "".join(stream_decode(model, tokenizer, question, DecodeConfig(max_new_tokens=30))) == answer.text
