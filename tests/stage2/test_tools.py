@@ -1,0 +1,179 @@
+"""tools.py: schemas from signatures, argument validation, the safe calculator, the HTTP tools."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from stage2_prompting_tools import tools as tools_module
+from stage2_prompting_tools.sample_apis import serve_sample_apis
+from stage2_prompting_tools.tools import (
+    BUILTIN_TOOLS,
+    ToolError,
+    calculator,
+    convert_currency,
+    convert_units,
+    current_time,
+    get_weather,
+    http_get_json,
+    tool,
+    wiki_summary,
+)
+
+
+@tool
+def book_flight(origin: str, destination: str, passengers: int = 1, cabin: Literal["economy", "business"] = "economy",
+                stops: list[str] | None = None) -> str:  # fmt: skip
+    """Book a flight between two airports.
+
+    A longer explanation that is not part of the description.
+
+    Args:
+        origin: IATA code of the departure airport,
+            for example "LIS".
+        destination: IATA code of the arrival airport.
+        passengers: How many people travel.
+        cabin: The cabin class.
+        stops: Airports to stop at on the way.
+
+    Returns:
+        A confirmation.
+    """
+    return f"{origin}->{destination} x{passengers} {cabin} via {stops or []}"
+
+
+def test_schema_from_signature_and_docstring():
+    spec = book_flight.spec
+    assert spec["type"] == "function"
+    fn = spec["function"]
+    assert fn["name"] == "book_flight" and fn["description"] == "Book a flight between two airports."
+    params = fn["parameters"]
+    assert params["required"] == ["origin", "destination"]
+    assert params["properties"]["origin"] == {
+        "type": "string", "description": 'IATA code of the departure airport, for example "LIS".'}  # fmt: skip
+    assert params["properties"]["passengers"] == {"type": "integer", "description": "How many people travel.",
+                                                  "default": 1}  # fmt: skip
+    assert params["properties"]["cabin"]["enum"] == ["economy", "business"]
+    assert params["properties"]["stops"]["type"] == "array" and params["properties"]["stops"]["items"] == {
+        "type": "string"}  # fmt: skip
+    assert params["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "arguments, problem",
+    [
+        ({"origin": "LIS"}, "'destination' is a required property"),
+        ({"origin": "LIS", "destination": "NRT", "passengers": "two"}, "'two' is not of type 'integer'"),
+        ({"origin": "LIS", "destination": "NRT", "passengers": 1.5}, "is not of type 'integer'"),
+        ({"origin": "LIS", "destination": "NRT", "cabin": "first"}, "'first' is not one of"),
+        ({"origin": "LIS", "destination": "NRT", "seat": "1A"}, "Additional properties"),
+    ],
+)
+def test_validation_rejects_wrong_arguments_before_running(arguments, problem):
+    with pytest.raises(ToolError, match=problem):
+        book_flight(**arguments)
+
+
+def test_valid_arguments_run_the_function():
+    assert book_flight(origin="LIS", destination="NRT", passengers=2) == "LIS->NRT x2 economy via []"
+
+
+def test_tools_need_docstrings_and_type_hints():
+    with pytest.raises(TypeError, match="docstring"):
+        tool(lambda x: x)
+
+    def untyped(x):
+        """Does things."""
+
+    with pytest.raises(TypeError, match="type hint"):
+        tool(untyped)
+
+
+@pytest.mark.parametrize("expression, result", [("23*47", "1081"), ("2 * (3 + 4) ** 2", "98"), ("7 / 2", "3.5"),
+                                                ("-(2 ** 10) // 3", "-342"), ("10 % 4", "2"), ("2^8", "256")])  # fmt: skip
+def test_calculator_evaluates_arithmetic(expression, result):
+    assert calculator(expression=expression) == result
+
+
+@pytest.mark.parametrize(
+    "expression, problem",
+    [
+        ("__import__('os').system('ls')", "not Call"),
+        ("x + 1", "not Name"),
+        ("(1).__class__", "not Attribute"),
+        ("print(1)", "not Call"),
+        ("9 ** 9 ** 9", "too large"),
+        ("10 ** 99 * 10 ** 99", "out of range"),
+        ("1 / 0", "division by zero"),
+        ("[1, 2]", "not List"),
+        ("1 +", "not an arithmetic expression"),
+        ("1" * 300, "too long"),
+    ],
+)
+def test_calculator_refuses_everything_but_arithmetic(expression, problem):
+    with pytest.raises(ToolError, match=problem):
+        calculator(expression=expression)
+
+
+def test_local_tools():
+    assert convert_units(value=10, from_unit="km", to_unit="mi") == "10 km = 6.2137 mi"
+    assert convert_units(value=100, from_unit="C", to_unit="F") == "100 C = 212 F"
+    with pytest.raises(ToolError, match="different dimensions|cannot convert"):
+        convert_units(value=1, from_unit="kg", to_unit="m")
+    assert "(Asia/Tokyo, UTC+0900)" in current_time(timezone="Asia/Tokyo")
+    with pytest.raises(ToolError, match="unknown time zone"):
+        current_time(timezone="Mars/Olympus")
+
+
+@pytest.fixture
+def sample_apis(monkeypatch):
+    with serve_sample_apis() as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield env
+
+
+def test_http_tools_parse_the_real_response_shapes(sample_apis):
+    weather = get_weather(city="Lisbon")
+    assert weather["country"] == "Portugal" and weather["temperature"] == "17.4 °C"
+    assert weather["conditions"] == "partly cloudy"
+    assert wiki_summary(title="Ada Lovelace")["summary"].startswith("Augusta Ada King")
+    assert wiki_summary(title="Python (programming language)")["title"] == "Python (programming language)"
+    assert convert_currency(amount=100, from_currency="usd", to_currency="EUR").startswith(
+        "100 USD = 92.2339 EUR"
+    )
+
+
+def test_http_failures_become_tool_errors(sample_apis, monkeypatch):
+    with pytest.raises(ToolError, match="no city"):
+        get_weather(city="Atlantis")
+    with pytest.raises(ToolError, match="no Wikipedia article"):
+        wiki_summary(title="No Such Page Anywhere")
+    monkeypatch.setattr(tools_module, "RETRY_BACKOFF_S", 0.0)  # retries without waiting
+    with pytest.raises(ToolError, match=r"HTTP 500 \(3 attempts\)"):
+        get_weather(city="Errorville")
+
+
+def test_timeouts_become_tool_errors(monkeypatch):
+    monkeypatch.setattr(tools_module, "HTTP_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(tools_module, "RETRY_BACKOFF_S", 0.0)
+    with serve_sample_apis(delay_s=1.0) as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(ToolError, match="timed out"):
+            wiki_summary(title="Ada Lovelace")
+
+
+def test_a_host_that_is_not_configured_is_refused(sample_apis):
+    with pytest.raises(ToolError, match="not configured"):
+        http_get_json("http://169.254.169.254/latest/meta-data")
+    with pytest.raises(ToolError, match="not configured"):
+        http_get_json("https://evil.example.com/steal")
+
+
+def test_builtin_registry():
+    assert set(BUILTIN_TOOLS) == {"calculator", "convert_units", "current_time", "get_weather", "wiki_summary",
+                                  "convert_currency"}  # fmt: skip
+    for t in BUILTIN_TOOLS.values():
+        assert t.description and all("description" in p for p in t.parameters["properties"].values())
