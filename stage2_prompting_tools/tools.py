@@ -38,7 +38,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -60,9 +60,16 @@ def json_schema_for(annotation: Any) -> dict[str, Any]:
 
     Example: list[str] -> {"type": "array", "items": {"type": "string"}}
              Literal["C", "F"] -> {"type": "string", "enum": ["C", "F"]}
+             Annotated[str, {"pattern": "^[0-9]+$"}] -> {"type": "string", "pattern": "^[0-9]+$"}
     """
     # EXERCISE stage2.type_to_schema: map a Python type hint to its JSON schema
     origin = get_origin(annotation)
+    if origin is Annotated:  # Annotated[str, {"pattern": ...}]: extra schema keywords ride along
+        base, *extras = get_args(annotation)
+        return {
+            **json_schema_for(base),
+            **{k: v for e in extras if isinstance(e, dict) for k, v in e.items()},
+        }
     if annotation in _JSON_TYPES:
         return {"type": _JSON_TYPES[annotation]}
     if origin is Literal:
@@ -141,7 +148,7 @@ def tool(function: Callable[..., Any] | None = None, *, name: str | None = None)
         description, param_docs = parse_docstring(fn.__doc__ or "")
         if not description:
             raise TypeError(f"tool {fn.__name__} needs a docstring: it is the model's only description")
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
         properties: dict[str, Any] = {}
         required: list[str] = []
         for param in inspect.signature(fn).parameters.values():
@@ -219,8 +226,11 @@ def safe_eval(expression: str) -> float | int:
     return walk(tree)
 
 
+ARITHMETIC = r"^[0-9+*/%()., ^-]+$"  # the characters an arithmetic expression may use
+
+
 @tool
-def calculator(expression: str) -> str:
+def calculator(expression: Annotated[str, {"pattern": ARITHMETIC}]) -> str:
     """Evaluate an arithmetic expression exactly.
 
     Args:
@@ -275,7 +285,7 @@ def convert_units(value: float, from_unit: Unit, to_unit: Unit) -> str:
 
 
 @tool
-def current_time(timezone: str = "UTC") -> str:
+def current_time(timezone: Annotated[str, {"pattern": r"^[A-Za-z_]+(/[A-Za-z_-]+){0,2}$"}] = "UTC") -> str:
     """The current date and time in a time zone.
 
     Args:
@@ -409,8 +419,14 @@ def wiki_summary(title: str) -> dict:
     }
 
 
+# The currencies of the European Central Bank's reference rates, which Frankfurter publishes.
+Currency = Literal["AUD", "BGN", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "HUF", "IDR", "ILS",
+                   "INR", "ISK", "JPY", "KRW", "MXN", "MYR", "NOK", "NZD", "PHP", "PLN", "RON", "SEK", "SGD", "THB",
+                   "TRY", "USD", "ZAR"]  # fmt: skip
+
+
 @tool
-def convert_currency(amount: float, from_currency: str, to_currency: str) -> str:
+def convert_currency(amount: float, from_currency: Currency, to_currency: Currency) -> str:
     """Convert money between currencies at the latest reference exchange rate.
 
     Args:
@@ -418,9 +434,7 @@ def convert_currency(amount: float, from_currency: str, to_currency: str) -> str
         from_currency: ISO 4217 code of the currency to convert from, e.g. "USD".
         to_currency: ISO 4217 code of the currency to convert to, e.g. "EUR".
     """
-    source, target = from_currency.strip().upper(), to_currency.strip().upper()
-    if not (re.fullmatch(r"[A-Z]{3}", source) and re.fullmatch(r"[A-Z]{3}", target)):
-        raise ToolError("currencies must be 3-letter ISO codes such as USD or EUR")
+    source, target = from_currency, to_currency
     if source == target:
         return f"{amount:g} {source} = {amount:g} {target}"
     data = http_get_json(

@@ -9,6 +9,7 @@ import pytest
 from stage2_prompting_tools import tools as tools_module
 from stage2_prompting_tools.sample_apis import serve_sample_apis
 from stage2_prompting_tools.tools import (
+    ARITHMETIC,
     BUILTIN_TOOLS,
     ToolError,
     calculator,
@@ -17,6 +18,7 @@ from stage2_prompting_tools.tools import (
     current_time,
     get_weather,
     http_get_json,
+    safe_eval,
     tool,
     wiki_summary,
 )
@@ -112,7 +114,10 @@ def test_calculator_evaluates_arithmetic(expression, result):
     ],
 )
 def test_calculator_refuses_everything_but_arithmetic(expression, problem):
+    """The AST walk is the real defence; the schema's pattern is a second layer in front of it."""
     with pytest.raises(ToolError, match=problem):
+        safe_eval(expression)
+    with pytest.raises(ToolError):
         calculator(expression=expression)
 
 
@@ -140,7 +145,7 @@ def test_http_tools_parse_the_real_response_shapes(sample_apis):
     assert weather["conditions"] == "partly cloudy"
     assert wiki_summary(title="Ada Lovelace")["summary"].startswith("Augusta Ada King")
     assert wiki_summary(title="Python (programming language)")["title"] == "Python (programming language)"
-    assert convert_currency(amount=100, from_currency="usd", to_currency="EUR").startswith(
+    assert convert_currency(amount=100, from_currency="USD", to_currency="EUR").startswith(
         "100 USD = 92.2339 EUR"
     )
 
@@ -170,6 +175,14 @@ def test_a_host_that_is_not_configured_is_refused(sample_apis):
         http_get_json("http://169.254.169.254/latest/meta-data")
     with pytest.raises(ToolError, match="not configured"):
         http_get_json("https://evil.example.com/steal")
+
+
+def test_annotated_hints_carry_extra_schema_keywords():
+    assert calculator.parameters["properties"]["expression"]["pattern"] == ARITHMETIC
+    with pytest.raises(ToolError, match="does not match"):
+        calculator(expression="os.system('x')")
+    with pytest.raises(ToolError, match="is not one of"):
+        convert_currency(amount=1, from_currency="usd", to_currency="EUR")
 
 
 def test_builtin_registry():
