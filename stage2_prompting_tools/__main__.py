@@ -1,0 +1,3 @@
+from stage2_prompting_tools.cli import entry
+
+raise SystemExit(entry())

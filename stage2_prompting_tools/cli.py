@@ -1,0 +1,177 @@
+"""Stage 2's commands: the tools, the tool-calling loop, and its benchmark.
+
+    python -m stage2_prompting_tools tools
+    python -m stage2_prompting_tools ask "What is 23 * 47?"
+    python -m stage2_prompting_tools ask --tools get_weather,wiki_summary "Who was Ada Lovelace?"
+    python -m stage2_prompting_tools ask --base-url http://127.0.0.1:8000/v1 "Weather in Lisbon?"
+    python -m stage2_prompting_tools chat
+    python -m stage2_prompting_tools bench
+
+In process, the default model calls tools through constrained decoding (constrained.py); with
+--base-url the server's native tools/tool_calls API is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from shared.console import BadInput, console, print_json, run_cli, show, table
+from shared.models import DEFAULT_CHAT_MODEL
+from stage2_prompting_tools.agent import Agent, Step
+from stage2_prompting_tools.tools import BUILTIN_TOOLS, select_tools
+
+
+def build_agent(args: argparse.Namespace) -> Agent:
+    if args.max_steps < 1:
+        raise BadInput(f"--max-steps must be at least 1, got {args.max_steps}")
+    try:
+        tools = select_tools(args.tools)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    if args.base_url:
+        from shared.chat import OpenAIChatModel
+
+        model: Any = OpenAIChatModel(args.model, args.base_url, args.api_key)
+    else:
+        from stage2_prompting_tools.constrained import ConstrainedToolModel
+
+        model = ConstrainedToolModel(args.model)
+    return Agent(model, tools, max_steps=args.max_steps)
+
+
+def print_step(step: Step) -> None:
+    outcome = (
+        f"[red]error:[/] {step.error}"
+        if step.error
+        else json.dumps(step.result, ensure_ascii=False, default=str)
+    )
+    console.print(f"[cyan]tool[/] {step.tool}({json.dumps(step.arguments, ensure_ascii=False)}) -> {outcome}")
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    if args.json:
+        print_json([t.spec for t in BUILTIN_TOOLS.values()])
+        return 0
+    show(
+        table(
+            "built-in tools",
+            ["name", "parameters", "description"],
+            [(t.name, ", ".join(t.parameters["properties"]), t.description) for t in BUILTIN_TOOLS.values()],
+        )
+    )
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    if not args.question.strip():
+        raise BadInput("the question is empty")
+    agent = build_agent(args)
+    result = agent.run(args.question, on_step=None if args.json else print_step)
+    if args.json:
+        print_json(result.to_dict())
+    else:
+        print(result.answer)
+    return 0 if result.finished else 1
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    agent = build_agent(args)
+    history: list[dict[str, Any]] = []
+    console.print("Tool-calling chat. Commands: /tools, /reset, /quit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            return 0
+        if not line:
+            continue
+        if line == "/quit":
+            return 0
+        if line == "/reset":
+            history.clear()
+            console.print("(history cleared)")
+            continue
+        if line == "/tools":
+            console.print(", ".join(agent.tools))
+            continue
+        result = agent.run(line, history=history, on_step=print_step)
+        print(f"assistant> {result.answer}")
+        history += [{"role": "user", "content": line}, {"role": "assistant", "content": result.answer}]
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shared.chat import LocalChatModel
+    from shared.console import progress
+    from stage2_prompting_tools.bench import load_tasks, run_benchmark, write_report
+
+    chat_model = LocalChatModel(args.model)
+    with progress(transient=True) as bar:
+        task = bar.add_task("tool suite", total=5 * len(load_tasks()))
+        report = run_benchmark(chat_model, on_task=lambda: bar.advance(task))
+    path = write_report(report)
+    if args.json:
+        print_json(report)
+        return 0
+    c, u, e = report["constrained"], report["unconstrained"], report["end_to_end"]
+    show(table("tool calls on the 36-task suite", ["configuration", "right tool", "valid call", "right arguments",
+                                                    "s/task"], [
+        ("router + grammar (default)", f"{c['selection_accuracy']:.0%}", f"{c['valid_call_rate']:.0%}",
+         f"{c['argument_accuracy']:.0%}", f"{c['seconds_per_task']:.1f}"),
+        ("router, free generation", f"{u['selection_accuracy']:.0%}", f"{u['valid_call_rate']:.0%}",
+         f"{u['argument_accuracy']:.0%}", f"{u['seconds_per_task']:.1f}"),
+        *[(f"{mode} selection", f"{r['selection_accuracy']:.0%}", "-", "-", f"{r['seconds_per_task']:.1f}")
+          for mode, r in report["selection"].items() if mode != "router"]]))  # fmt: skip
+    console.print(
+        f"end to end: tools ran without error on {e['tool_ran_without_error']:.0%} of tasks; answers "
+        f"contained the expected figure on {e['answer_accuracy']:.0%} of the {e['answer_checked']} checkable"
+    )
+    console.print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stage2_prompting_tools", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tools", help="the registered tools and their JSON schemas")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_tools)
+
+    for name, handler, help_text in (("ask", cmd_ask, "answer one question, calling tools as needed"),
+                                     ("chat", cmd_chat, "an interactive tool-calling session")):  # fmt: skip
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "ask":
+            p.add_argument("question")
+            p.add_argument("--json", action="store_true")
+        p.add_argument(
+            "--model", default=DEFAULT_CHAT_MODEL, help="registry name, hub id, directory or served name"
+        )
+        p.add_argument("--base-url", default=None, help="an OpenAI-compatible server (native tool calls)")
+        p.add_argument("--api-key", default=None)
+        p.add_argument("--tools", default=None, help="comma-separated tool names (default: all)")
+        p.add_argument("--max-steps", type=int, default=4)
+        p.set_defaults(handler=handler)
+
+    p = sub.add_parser("bench", help="tool selection, argument and answer accuracy on the shipped suite")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+def entry() -> int:
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())
