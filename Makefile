@@ -52,6 +52,8 @@ demo: setup
 	$(PY) -m shared.chat --stream "What is the capital of France?"
 	@echo "== stage 1: the hand-written decode loop, streaming, with a KV cache" >&2
 	$(PY) -m stage1_foundations generate --chat --stream --max-new-tokens 60 "Write a haiku about the sea."
+	@echo "== stage 2: a question that needs a tool, answered through the tool loop" >&2
+	$(PY) -m stage2_prompting_tools ask "I had 1250 stickers and gave away 387. How many are left?"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -62,6 +64,7 @@ stage1 stage2 stage3 stage4 stage5: setup
 # Each stage's benchmark writes reports/stageN_*.json and a PNG plot beside it.
 bench: setup
 	$(PY) -m stage1_foundations bench
+	$(PY) -m stage2_prompting_tools bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

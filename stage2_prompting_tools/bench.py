@@ -11,9 +11,10 @@ expected tool and arguments. For every question we record:
 
 The HTTP tools answer from the local sample server (sample_apis.py), so the run is offline and
 repeatable. Configurations compared in one run: tool choice by router, likelihood and hybrid; and
-arguments with and without the grammar.
+arguments with and without the grammar. Then the prompt designs of prompts.py on the intent set's
+dev and test splits.
 
-    python -m stage2_prompting_tools bench            # about 8 minutes on 2 CPU cores
+    python -m stage2_prompting_tools bench            # about 12 minutes on 2 CPU cores
 Writes reports/stage2_tools.json.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 from shared import paths
 from stage2_prompting_tools.agent import Agent
 from stage2_prompting_tools.constrained import ConstrainedToolModel
+from stage2_prompting_tools.prompts import compare_designs
 from stage2_prompting_tools.sample_apis import serve_sample_apis
 from stage2_prompting_tools.tools import BUILTIN_TOOLS, ToolError, safe_eval
 
@@ -132,6 +134,13 @@ def summarize(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     return out
 
 
+def steps_in_benchmark() -> int:
+    """How many on_task calls a run makes (for a progress bar)."""
+    from stage2_prompting_tools.prompts import DESIGNS, load_intents
+
+    return 5 * len(load_tasks()) + len(DESIGNS) * (len(load_intents("dev")) + len(load_intents("test")))
+
+
 def run_benchmark(chat_model: Any, on_task: Callable[[], None] | None = None) -> dict[str, Any]:
     tasks = load_tasks()
     default = ConstrainedToolModel(chat_model)  # router + grammar
@@ -146,6 +155,9 @@ def run_benchmark(chat_model: Any, on_task: Callable[[], None] | None = None) ->
     }
     report["selection"]["router"] = {k: v for k, v in report["constrained"].items() if k != "valid_call_rate"}
     report["end_to_end"] = evaluate_answers(default, tasks, on_task)
+    report["prompts"] = [
+        row for split in ("dev", "test") for row in compare_designs(chat_model, split, on_row=on_task)
+    ]
     return report
 
 

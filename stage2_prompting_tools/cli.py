@@ -5,6 +5,7 @@
     python -m stage2_prompting_tools ask --tools get_weather,wiki_summary "Who was Ada Lovelace?"
     python -m stage2_prompting_tools ask --base-url http://127.0.0.1:8000/v1 "Weather in Lisbon?"
     python -m stage2_prompting_tools chat
+    python -m stage2_prompting_tools prompts --split dev
     python -m stage2_prompting_tools bench
 
 In process, the default model calls tools through constrained decoding (constrained.py); with
@@ -105,11 +106,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from shared.chat import LocalChatModel
     from shared.console import progress
-    from stage2_prompting_tools.bench import load_tasks, run_benchmark, write_report
+    from stage2_prompting_tools.bench import run_benchmark, steps_in_benchmark, write_report
 
     chat_model = LocalChatModel(args.model)
     with progress(transient=True) as bar:
-        task = bar.add_task("tool suite", total=5 * len(load_tasks()))
+        task = bar.add_task("tool suite and prompt designs", total=steps_in_benchmark())
         report = run_benchmark(chat_model, on_task=lambda: bar.advance(task))
     path = write_report(report)
     if args.json:
@@ -129,6 +130,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"contained the expected figure on {e['answer_accuracy']:.0%} of the {e['answer_checked']} checkable"
     )
     console.print(f"wrote {path}")
+    return 0
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from shared.chat import LocalChatModel
+    from shared.console import progress
+    from stage2_prompting_tools.prompts import DESIGNS, compare_designs, load_intents
+
+    chat_model = LocalChatModel(args.model)
+    with progress(transient=True) as bar:
+        task = bar.add_task(
+            f"prompt designs on {args.split}", total=len(DESIGNS) * len(load_intents(args.split))
+        )
+        rows = compare_designs(chat_model, args.split, on_row=lambda: bar.advance(task))
+    if args.json:
+        print_json(rows)
+    else:
+        show(table(f"intent accuracy on {args.split} (n={rows[0]['n']}, chance 17%)", ["prompt design", "accuracy"],
+                   [(r["design"], f"{r['accuracy']:.0%}") for r in rows]))  # fmt: skip
     return 0
 
 
@@ -156,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tools", default=None, help="comma-separated tool names (default: all)")
         p.add_argument("--max-steps", type=int, default=4)
         p.set_defaults(handler=handler)
+
+    p = sub.add_parser(
+        "prompts", help="compare prompt designs (zero/few-shot, placement, selection) on the intent set"
+    )
+    p.add_argument("--split", choices=("dev", "test"), default="dev")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_prompts)
 
     p = sub.add_parser("bench", help="tool selection, argument and answer accuracy on the shipped suite")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL)

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from shared.chat import ChatResponse, LocalChatModel, ToolCall, Usage
+from stage2_prompting_tools.prompts import continuation_logprobs
 
 # One example call per tool, used both as few-shot examples in the prompt and as the embedding
 # router's description of the tool. Never taken from the evaluation suite.
@@ -72,19 +73,38 @@ def message_spans(text: str, max_words: int = 3) -> list[str]:
     for i in range(len(words)):
         for n in range(1, max_words + 1):
             if i + n <= len(words):
-                span = " ".join(words[i : i + n]).strip("().'")
+                span = _balanced(" ".join(words[i : i + n]).strip(".'"))
                 if span and span not in spans:
                     spans.append(span)
     return spans
 
 
+def _balanced(span: str) -> str:
+    """Trim unmatched parentheses at the ends: "language)" -> "language", "(programming" -> "programming"."""
+    while span.endswith(")") and span.count(")") > span.count("("):
+        span = span[:-1]
+    while span.startswith("(") and span.count("(") > span.count(")"):
+        span = span[1:]
+    return span.strip(".'")
+
+
 def grounded_schema(parameters: dict[str, Any], question: str) -> dict[str, Any]:
-    """The tool's schema with each free string (no enum, no pattern) limited to spans of the question."""
+    """The tool's schema grounded in the question: each free string (no enum, no pattern) limited to
+    spans of the question, and each enum limited to the values the question mentions, if any (values
+    of three or more characters only: "in" or "m" are too ambiguous to spot in a sentence).
+
+    Example: "How much is 250 USD in EUR?" -> from_currency and to_currency in ["USD", "EUR"]
+    """
     schema = copy.deepcopy(parameters)
     spans = message_spans(question)
+    words = re.findall(r"[\w/]+", question)
     for prop in schema.get("properties", {}).values():
         if prop.get("type") == "string" and "enum" not in prop and "pattern" not in prop and spans:
             prop["enum"] = spans
+        elif "enum" in prop:
+            mentioned = sorted({v for v in prop["enum"] if len(str(v)) >= 3 and v in words}, key=words.index)
+            if mentioned:
+                prop["enum"] = mentioned
         prop.pop("default", None)
     schema["required"] = list(schema.get("properties", {}))  # a complete call, every argument given
     return schema
@@ -155,25 +175,11 @@ class ConstrainedToolModel:
             scores[n] = max(scores.get(n, -1.0), float(vectors[0] @ v))
         return scores
 
-    @torch.inference_mode()
     def likelihoods(self, prompt_ids: list[int], candidates: Sequence[str]) -> dict[str, float]:
         """log P(reply starts with the candidate's JSON) for each candidate, over one cached prefill."""
-        device = self.model.device
-        out = self.model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
-        scores = {}
-        for name in candidates:
-            text = '{"answer": "' if name == DIRECT_ANSWER else f'{{"tool": "{name}",'
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            past = copy.deepcopy(out.past_key_values)
-            step = (
-                self.model(input_ids=torch.tensor([ids[:-1]], device=device), past_key_values=past)
-                if len(ids) > 1
-                else None
-            )
-            logits = out.logits[0, -1:] if step is None else torch.cat([out.logits[0, -1:], step.logits[0]])
-            logprobs = logits.float().log_softmax(-1)
-            scores[name] = float(logprobs[torch.arange(len(ids)), torch.tensor(ids)].sum())
-        return scores
+        texts = ['{"answer": "' if n == DIRECT_ANSWER else f'{{"tool": "{n}",' for n in candidates]
+        values = continuation_logprobs(self.model, self.tokenizer, prompt_ids, texts)
+        return dict(zip(candidates, values, strict=True))
 
     def select(self, question: str, tools: Sequence[dict]) -> tuple[str, dict[str, Any]]:
         """The chosen candidate (a tool name or DIRECT_ANSWER) and the scores that chose it."""
@@ -250,8 +256,10 @@ class ConstrainedToolModel:
         self, question: str, results: list[tuple[str, str]], max_tokens: int, start: float
     ) -> ChatResponse:
         if results:
-            facts = "\n".join(f"Result of {name}: {content}" for name, content in results)
-            content = f"{facts}\n\nUsing only the results above, answer in one sentence: {question}"
+            facts = "\n".join(f"The {name} tool returned: {content}" for name, content in results)
+            content = (
+                f"Question: {question}\n{facts}\nAnswer the question in one sentence, stating that result."
+            )
         else:
             content = question
         reply = self.chat_model.chat([{"role": "user", "content": content}], max_tokens=min(max_tokens, 96))

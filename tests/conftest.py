@@ -56,3 +56,25 @@ def chat_model():
     from shared.chat import LocalChatModel
 
     return LocalChatModel()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """(model, tokenizer): SmolLM2's architecture and tokenizer, but 2 layers of width 64 and random
+    weights, as LLMs-from-scratch shrinks its configs. Every mechanism runs on it in milliseconds;
+    the `slow` tests then repeat the checks on the real model."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from shared.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m-instruct"))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=1,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer
