@@ -13,7 +13,7 @@ What to look for: the cached loop keeps pace with `generate` (target: at least 0
 uncached loop falls further behind the longer the output, because its step t costs O(t) and the
 whole run O(n^2). The plot shows both: tokens per second, and total seconds against length.
 
-    python -m stage1_foundations bench                  # lengths 32,128,512; about 8 min on 2 CPU cores
+    python -m stage1_foundations bench                  # lengths 32,128,512; about 15 min on 2 CPU cores
     python -m stage1_foundations bench --lengths 16,64 --repeats 1 --json
 Writes reports/stage1_decode.json and reports/stage1_decode.png.
 """
@@ -140,7 +140,10 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ylabel="seconds (log)",
         title="Total time: O(n) with a KV cache, O(n^2) without",
     )
+    lengths = sorted({r["new_tokens"] for r in report["results"]})
     for ax in (left, right):
+        ax.minorticks_off()
+        ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{report['model'] or 'model'} on {report['device']} ({report['machine']})", fontsize=9)
