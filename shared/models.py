@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from filelock import FileLock
@@ -295,6 +296,19 @@ def resolve(name_or_path: str | os.PathLike[str], kind: str | None = None, step:
             else "pass a local directory, or connect to the hub and unset HF_HUB_OFFLINE"
         )
     raise ModelNotFound(f"could not resolve model {text!r}: tried " + "; ".join(tried) + f". Fix: {fix}")
+
+
+@functools.lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu") -> Any:
+    """A sentence-transformers model, resolved like any other and loaded once per process.
+
+    Example: load_embedder().encode(["hello"], normalize_embeddings=True).shape -> (1, 384)
+    """
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on every start teach nothing
+    return SentenceTransformer(str(resolve(name, kind="embedding")), device=device)
 
 
 # --------------------------------------------------------------------------------------------

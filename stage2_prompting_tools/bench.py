@@ -12,9 +12,10 @@ expected tool and arguments. For every question we record:
 The HTTP tools answer from the local sample server (sample_apis.py), so the run is offline and
 repeatable. Configurations compared in one run: tool choice by router, likelihood and hybrid; and
 arguments with and without the grammar. Then the prompt designs of prompts.py on the intent set's
-dev and test splits.
+dev and test splits, and the DSPy programs of optimize.py (zero-shot, hand-written few-shot,
+optimized) on the same splits.
 
-    python -m stage2_prompting_tools bench            # about 12 minutes on 2 CPU cores
+    python -m stage2_prompting_tools bench            # about 25 minutes on 2 CPU cores
 Writes reports/stage2_tools.json.
 """
 
@@ -136,9 +137,11 @@ def summarize(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
 
 def steps_in_benchmark() -> int:
     """How many on_task calls a run makes (for a progress bar)."""
+    from stage2_prompting_tools.optimize import rows_in_table
     from stage2_prompting_tools.prompts import DESIGNS, load_intents
 
-    return 5 * len(load_tasks()) + len(DESIGNS) * (len(load_intents("dev")) + len(load_intents("test")))
+    return (5 * len(load_tasks()) + len(DESIGNS) * (len(load_intents("dev")) + len(load_intents("test")))
+            + rows_in_table())  # fmt: skip
 
 
 def run_benchmark(chat_model: Any, on_task: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -158,6 +161,9 @@ def run_benchmark(chat_model: Any, on_task: Callable[[], None] | None = None) ->
     report["prompts"] = [
         row for split in ("dev", "test") for row in compare_designs(chat_model, split, on_row=on_task)
     ]
+    from stage2_prompting_tools.optimize import optimization_table
+
+    report["optimization"] = optimization_table(chat_model, "knn", on_row=on_task)
     return report
 
 

@@ -6,6 +6,8 @@
     python -m stage2_prompting_tools ask --base-url http://127.0.0.1:8000/v1 "Weather in Lisbon?"
     python -m stage2_prompting_tools chat
     python -m stage2_prompting_tools prompts --split dev
+    python -m stage2_prompting_tools optimize --optimizer knn
+    python -m stage2_prompting_tools classify "I was charged twice this month"
     python -m stage2_prompting_tools bench
 
 In process, the default model calls tools through constrained decoding (constrained.py); with
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from shared.console import BadInput, console, print_json, run_cli, show, table
@@ -129,6 +132,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"end to end: tools ran without error on {e['tool_ran_without_error']:.0%} of tasks; answers "
         f"contained the expected figure on {e['answer_accuracy']:.0%} of the {e['answer_checked']} checkable"
     )
+    designs = list(dict.fromkeys(r["design"] for r in report["prompts"]))
+    score = {(r["design"], r["split"]): r["accuracy"] for r in report["prompts"]}
+    show(table("prompt designs: intent accuracy (label likelihood, chance 17%)", ["design", "dev", "test"],
+               [(d, f"{score[d, 'dev']:.0%}", f"{score[d, 'test']:.0%}") for d in designs]))  # fmt: skip
+    show(optimization_rows_table(report["optimization"]))
     console.print(f"wrote {path}")
     return 0
 
@@ -150,6 +158,56 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         show(table(f"intent accuracy on {args.split} (n={rows[0]['n']}, chance 17%)", ["prompt design", "accuracy"],
                    [(r["design"], f"{r['accuracy']:.0%}") for r in rows]))  # fmt: skip
     return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from shared.chat import open_chat_model
+    from shared.console import progress
+    from stage2_prompting_tools.optimize import OPTIMIZERS, optimization_table, rows_in_table
+
+    if args.optimizer not in OPTIMIZERS:
+        raise BadInput(f"unknown optimizer {args.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if args.limit is not None and args.limit < 1:
+        raise BadInput(f"--limit must be at least 1, got {args.limit}")
+    chat_model = open_chat_model(args.model, args.base_url, args.api_key)
+    with progress(transient=True) as bar:
+        task = bar.add_task(f"optimizing ({args.optimizer}), then scoring", total=None)
+        report = optimization_table(chat_model, args.optimizer, limit=args.limit, out=args.out,
+                                    on_row=lambda: bar.update(task, total=rows_in_table(limit=args.limit),
+                                                              advance=1))  # fmt: skip
+    if args.json:
+        print_json(report)
+        return 0
+    console.print(f"optimized in {report['optimize_seconds']:.0f} s ({report['optimizer_calls']} model calls); "
+                  f"demos it chose: " + "; ".join(d["intent"] for d in report["demos"]))  # fmt: skip
+    show(optimization_rows_table(report))
+    console.print(f"saved the optimized program to {report['program_path']}")
+    return 0
+
+
+def optimization_rows_table(report: dict[str, Any]) -> Any:
+    splits = list(dict.fromkeys(r["split"] for r in report["rows"]))
+    programs = list(dict.fromkeys(r["program"] for r in report["rows"]))
+    cell = {(r["program"], r["split"]): r for r in report["rows"]}
+    return table("DSPy programs: intent accuracy (unparsed replies)", ["program", *splits],
+                 [(p, *(f"{cell[p, s]['accuracy']:.0%} ({cell[p, s]['unparsed']:.0%})" for s in splits))
+                  for p in programs])  # fmt: skip
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from shared.chat import open_chat_model
+    from stage2_prompting_tools.optimize import chat_lm, default_program_path, load_program, predict
+
+    if not args.text.strip():
+        raise BadInput("the text is empty")
+    path = args.program or default_program_path()
+    program = load_program(path)
+    intent = predict(program, chat_lm(open_chat_model(args.model, args.base_url, args.api_key)), args.text)
+    if args.json:
+        print_json({"text": args.text, "intent": intent, "program": str(path)})
+    else:
+        print(intent if intent is not None else "(the reply did not parse into an intent)")
+    return 0 if intent is not None else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,11 +243,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_prompts)
 
+    p = sub.add_parser(
+        "optimize", help="DSPy: optimize the intent program's demos; compare with hand-written"
+    )
+    p.add_argument(
+        "--optimizer", default="knn", help="knn (KNNFewShot), bootstrap (BootstrapFewShot) or labeled"
+    )
+    p.add_argument("--out", type=Path, default=None, help="where to save the program (default: artifacts)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N of each split")
+    add_model_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_optimize)
+
+    p = sub.add_parser("classify", help="the intent of one message, by a saved DSPy program")
+    p.add_argument("text")
+    p.add_argument("--program", type=Path, default=None, help="a file written by `optimize`")
+    add_model_flags(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_classify)
+
     p = sub.add_parser("bench", help="tool selection, argument and answer accuracy on the shipped suite")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_bench)
     return parser
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default=DEFAULT_CHAT_MODEL, help="registry name, hub id, directory or served name"
+    )
+    p.add_argument("--base-url", default=None, help="an OpenAI-compatible server")
+    p.add_argument("--api-key", default=None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,11 +158,9 @@ class ConstrainedToolModel:
 
     @functools.cached_property
     def encoder(self) -> Any:
-        from sentence_transformers import SentenceTransformer
+        from shared.models import load_embedder
 
-        from shared.models import DEFAULT_EMBEDDING_MODEL, resolve
-
-        return SentenceTransformer(str(resolve(DEFAULT_EMBEDDING_MODEL, kind="embedding")), device="cpu")
+        return load_embedder()
 
     def route(self, question: str, names: Sequence[str]) -> dict[str, float]:
         """Cosine similarity of the question to each tool's examples (max over examples)."""

@@ -139,17 +139,10 @@ class IntentClassifier:
 
 
 def _encoder() -> Any:
-    from sentence_transformers import SentenceTransformer
+    from shared.models import load_embedder
 
-    from shared.models import DEFAULT_EMBEDDING_MODEL, resolve
+    return load_embedder()
 
-    global _ENCODER
-    if _ENCODER is None:
-        _ENCODER = SentenceTransformer(str(resolve(DEFAULT_EMBEDDING_MODEL, kind="embedding")), device="cpu")
-    return _ENCODER
-
-
-_ENCODER = None
 
 DESIGNS = (PromptConfig(0), PromptConfig(6, "turns", "fixed"), PromptConfig(6, "inline", "fixed"),
            PromptConfig(6, "turns", "similar"))  # fmt: skip

@@ -58,8 +58,8 @@ def test_continuation_scores_are_log_probabilities(tiny_llama):
 
 @pytest.mark.slow
 def test_classifier_on_the_dev_split_beats_chance(chat_model):
-    """Chance is 1/6; the measured designs are reported by `make bench` (reports/stage2_tools.json)."""
+    """The best design (similar examples as turns); all four are measured by `make bench`."""
     rows = load_intents("dev")
     classify = IntentClassifier(chat_model, load_intents("train"), PromptConfig(6, "turns", "similar"))
     assert classify(rows[0]["text"]) in INTENTS
-    assert accuracy(classify, rows) > 1 / 6 + 0.15
+    assert accuracy(classify, rows) >= 0.75  # measured 0.905 (38/42); chance is 1/6
