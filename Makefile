@@ -54,6 +54,9 @@ demo: setup
 	$(PY) -m stage1_foundations generate --chat --stream --max-new-tokens 60 "Write a haiku about the sea."
 	@echo "== stage 2: a question that needs a tool, answered through the tool loop" >&2
 	$(PY) -m stage2_prompting_tools ask "I had 1250 stickers and gave away 387. How many are left?"
+	@echo "== stage 3: the self-reflective RAG over the Python docs (builds the index once)" >&2
+	$(PY) -m stage3_retrieval index
+	$(PY) -m stage3_retrieval ask "How do I pick the few smallest items of a big list efficiently?"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -65,6 +68,7 @@ stage1 stage2 stage3 stage4 stage5: setup
 bench: setup
 	$(PY) -m stage1_foundations bench
 	$(PY) -m stage2_prompting_tools bench
+	$(PY) -m stage3_retrieval bench
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,3 @@
+from stage3_retrieval.cli import entry
+
+raise SystemExit(entry())
