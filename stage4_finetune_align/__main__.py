@@ -1,0 +1,3 @@
+from stage4_finetune_align.cli import entry
+
+raise SystemExit(entry())

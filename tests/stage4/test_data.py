@@ -1,0 +1,100 @@
+"""data.py: validation naming the bad line, and curation on crafted inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.console import BadInput
+from stage4_finetune_align.data import chosen_longer_share, curate, leaked_prompts, load_pairs, prompt_key
+
+
+def pair(prompt: str, chosen: str, rejected: str, split: str | None = None, **extra) -> dict:
+    row = {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+           "rejected": [{"role": "assistant", "content": rejected}], **extra}  # fmt: skip
+    if split:
+        row["split"] = split
+    return row
+
+
+CLEAN = [pair(f"My order {i} has not arrived after {i + 3} days, what can I do?",
+              f"I am sorry about the wait; please send me order number {i} and I will check it with the carrier today.",
+              "Wait longer.") for i in range(20)]  # fmt: skip
+
+
+def test_exact_and_near_duplicates_are_removed():
+    rows = CLEAN + [dict(CLEAN[0]), pair(CLEAN[1]["prompt"][0]["content"].upper() + "  ",
+                                         CLEAN[1]["chosen"][0]["content"] + "!", "Wait longer.")]  # fmt: skip
+    kept, report = curate(rows)
+    assert (
+        len(kept) == 20 and report.dropped["exact duplicate"] == 1 and report.dropped["near duplicate"] == 1
+    )
+
+
+def test_empty_and_identical_pairs_are_dropped():
+    rows = CLEAN[:5] + [pair("Refund please", "", "No."), pair("Refund please!", "Sure.", "  sure. ")]
+    kept, report = curate(rows)
+    assert len(kept) == 5 and report.dropped == {"empty answer": 1, "chosen equals rejected": 1}
+    assert report.before == 7 and report.after == 5
+
+
+def test_whitespace_is_normalised():
+    kept, _ = curate([pair("  Hello\n\nthere  ", "Hi,   how can I help?", "What.")])
+    assert (
+        kept[0]["prompt"][0]["content"] == "Hello there"
+        and kept[0]["chosen"][0]["content"] == "Hi, how can I help?"
+    )
+
+
+def test_length_bias_is_reported_and_can_be_balanced():
+    rows = CLEAN[:15] + [pair(f"Question {i} about billing?", "Done.", "Let me explain at great length " * 5)
+                         for i in range(5)]  # fmt: skip
+    _, report = curate(rows)
+    assert report.chosen_longer_before == pytest.approx(0.75)
+    kept, balanced = curate(rows, balance=True)
+    assert chosen_longer_share(kept) == pytest.approx(0.5) and balanced.dropped["length balance"] == 10
+
+
+def test_no_prompt_is_in_two_splits():
+    rows = [pair(f"Prompt {i // 2} about my bank card being blocked", f"Answer {i} with a next step.", f"Bad {i}.",
+                 split="train" if i % 3 else "test") for i in range(40)]  # fmt: skip
+    assert leaked_prompts(rows) > 0, "the crafted input leaks"
+    kept, report = curate(rows, near_duplicate=1.01)
+    assert report.prompts_in_two_splits == 0 and leaked_prompts(kept) == 0
+    assert {r["split"] for r in kept} == {"train", "test"}
+    test_prompts = {prompt_key(r) for r in kept if r["split"] == "test"}
+    assert all(prompt_key(r) not in test_prompts for r in kept if r["split"] == "train")
+
+
+@pytest.mark.parametrize("line, message", [("{not json", "not valid JSON"), ('{"prompt": []}', "missing field"),
+                                           ('{"prompt": [{"role": "user", "content": "x"}], "chosen": [], "rejected": []}',
+                                            "non-empty list"),
+                                           ('{"prompt": [{"role": "bot", "content": "x"}], "chosen": [1], "rejected": [1]}',
+                                            "valid role")])  # fmt: skip
+def test_a_malformed_line_is_named(tmp_path, line, message):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(CLEAN[0]) + "\n" + line + "\n")
+    with pytest.raises(BadInput, match=rf"pairs.jsonl:2: .*{message}"):
+        load_pairs(path)
+
+
+def test_the_shipped_noisy_file_loses_exactly_its_planted_defects():
+    from stage4_finetune_align.data import DATA_DIR
+
+    kept, report = curate(load_pairs(DATA_DIR / "noisy_pairs.jsonl"))
+    assert report.dropped == {
+        "exact duplicate": 4,
+        "near duplicate": 4,
+        "chosen equals rejected": 3,
+        "empty answer": 3,
+    }
+    assert len(kept) == 16
+
+
+def test_the_shipped_pairs_are_clean_unbiased_and_split_by_prompt():
+    rows = load_pairs()
+    kept, report = curate(rows)
+    assert len(rows) >= 400 and report.after == len(rows), "nothing to drop in the shipped set"
+    assert 0.35 <= report.chosen_longer_before <= 0.65, "chosen is not simply the longer answer"
+    assert leaked_prompts(rows) == 0 and {r["split"] for r in rows} == {"train", "test"}
