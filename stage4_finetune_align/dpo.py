@@ -89,9 +89,13 @@ def quantization_config(quant: str) -> Any:
 
 
 def load_base(model: str = DEFAULT_CHAT_MODEL, quant: str = "none") -> tuple[Any, Any]:
+    import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own progress bar reports the steps
+    datasets.disable_progress_bars()
     path = resolve(model, kind="chat")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
