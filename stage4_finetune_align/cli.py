@@ -6,6 +6,7 @@ python -m stage4_finetune_align eval                                   # the bas
 python -m stage4_finetune_align eval --adapter artifacts/stage4/run/adapter
 python -m stage4_finetune_align merge --adapter artifacts/stage4/run/adapter --out artifacts/stage4/merged
 python -m stage4_finetune_align compare "My invoice is wrong" --adapter artifacts/stage4/run/adapter
+python -m stage4_finetune_align bench                                  # -> reports/stage4_train.json + .png
 """
 
 from __future__ import annotations
@@ -117,6 +118,47 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from shared import paths
+    from stage4_finetune_align.bench import capstone, measure_precision, write_report
+
+    quants = [q.strip() for q in args.quants.split(",") if q.strip()]
+    unknown = [q for q in quants if q not in ("none", "4bit", "8bit")]
+    if unknown or not quants:
+        raise BadInput(f"--quants takes none, 8bit and 4bit separated by commas, got {args.quants!r}")
+    if args.steps < 2:
+        raise BadInput(f"--steps must be at least 2 (the first step is not timed), got {args.steps}")
+    report: dict[str, Any] = {"model": args.model, "precisions": []}
+    with progress() as bar:
+        task = bar.add_task("precisions", total=len(quants))
+        for quant in quants:
+            bar.update(task, description=f"{quant}: {args.steps} steps in a fresh process")
+            report["precisions"].append(measure_precision(quant, args.steps, args.batch_size, args.model))
+            bar.advance(task)
+        if args.capstone:
+            from stage4_finetune_align.data import load_pairs
+
+            steps = bar.add_task("capstone: 30 DPO steps", total=30)
+            scored = bar.add_task("held-out pairs, before and after", total=2 * len(load_pairs(split="test")))
+            report["capstone"] = capstone(args.model, on_step=lambda log: bar.update(steps, completed=log["step"]),
+                                          on_pair=lambda: bar.advance(scored))  # fmt: skip
+    json_path, plot_path = write_report(report, Path(args.out) if args.out else paths.reports_dir())
+    if args.json:
+        print_json(report)
+        return 0
+    show(table("stage 4: cost of a DPO step", ["precision", "device", "s/step", "base weights MB", "peak MB"],
+               [(r["label"], r["device"], f"{r['seconds_per_step']:.1f}", f"{r['base_footprint_mb']:.0f}",
+                 f"{r['peak_memory_mb']:.0f}")
+                for r in report["precisions"]]))  # fmt: skip
+    if "capstone" in report:
+        cap = report["capstone"]
+        console.print(f"capstone: {cap['steps']} steps in {cap['wall_seconds'] / 60:.1f} min; held-out preference "
+                      f"accuracy {cap['preference_accuracy_before']:.3f} -> {cap['preference_accuracy_after']:.3f} "
+                      f"on {cap['held_out_pairs']} pairs")  # fmt: skip
+    console.print(f"wrote {json_path} and {plot_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m stage4_finetune_align", description=__doc__.split("\n")[0]
@@ -168,6 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_compare)
+
+    p = sub.add_parser(
+        "bench",
+        help="s/step and peak memory per precision, and the capstone run -> reports/stage4_train.json",
+    )
+    p.add_argument("--quants", default="none,8bit,4bit", help="precisions to time, comma-separated")
+    p.add_argument("--steps", type=int, default=3, help="steps per precision (the first is not timed)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument(
+        "--no-capstone",
+        dest="capstone",
+        action="store_false",
+        help="skip the default 30-step run and its before/after evaluation",
+    )
+    p.add_argument("--out", default=None, help="report folder (default reports/)")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_bench)
     return parser
 
 

@@ -4,8 +4,8 @@ LoRA freezes the model and learns a low-rank update `W + (alpha / r) * B @ A` fo
 matrices (here every linear layer): for SmolLM2-135M at r=16 that is about 4.9M trainable numbers
 instead of 135M, so an optimizer fits in little memory and the result is a small adapter file.
 QLoRA keeps the frozen base in 4-bit NF4 (bitsandbytes) and trains the same adapter in higher
-precision: the base takes ~4x less memory, at the price of dequantizing on every step (on a CPU
-that price is steep: 72 s/step against 5.2 s in a measurement here; on a GPU it is small).
+precision: the base takes ~3x less memory here, at the price of dequantizing on every step (on a CPU
+that price is 14 s/step against 9 s for LoRA at batch 2 in `bench`; on a GPU it is small).
 
 DPO (Direct Preference Optimization) learns from pairs without a reward model or sampling, unlike
 RLHF with PPO: it raises log pi(chosen) - log pi(rejected) relative to the frozen reference model
@@ -149,13 +149,22 @@ def train(config: TrainConfig, resume: bool = False, pairs_path: Path | None = N
     torch.manual_seed(config.seed)
     dataset = datasets_for(config.method, pairs_path)
     base, tokenizer = load_base(config.model, config.quant)
+    footprint_mb = base.get_memory_footprint() / 2**20  # the frozen base's weights, before the adapter
     common = dict(output_dir=str(out / "checkpoints"), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
                   learning_rate=config.learning_rate, lr_scheduler_type="constant", logging_steps=1,
                   save_steps=config.save_every, save_total_limit=2, report_to=[], seed=config.seed,
                   use_cpu=not torch.cuda.is_available(), disable_tqdm=True, max_length=config.max_length,
                   dataloader_num_workers=0, bf16=False)  # fmt: skip
 
+    step_seconds: list[float] = []
+
     class Relay(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.began = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step_seconds.append(time.perf_counter() - self.began)
+
         def on_log(
             self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
         ) -> None:
@@ -185,11 +194,25 @@ def train(config: TrainConfig, resume: bool = False, pairs_path: Path | None = N
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {"config": asdict(config), "adapter": str(adapter), "resumed_from": str(checkpoint) if checkpoint else None,
                "steps": trainer.state.global_step, "seconds": seconds,
-               "seconds_per_step": seconds / max(1, len(history)), "history": history,
+               "seconds_per_step": seconds / max(1, len(history)), "step_seconds": step_seconds,
+               "peak_memory_mb": peak_memory_mb(), "base_footprint_mb": footprint_mb,
+               "device": "cuda" if torch.cuda.is_available() else "cpu",
+               "history": history,
                "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}  # fmt: skip
     paths.atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     plot_history(history, out / "metrics.png", f"{config.method.upper()} ({config.quant}) on {config.model}")
     return summary
+
+
+def peak_memory_mb() -> float:
+    """The most memory this run has held: GPU memory allocated by torch on a GPU, resident set size on a CPU."""
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
@@ -208,10 +231,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> Path 
         ax.set_xlabel("step")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    paths.atomic_savefig(fig, path, dpi=110)
     return path
 
 
