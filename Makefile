@@ -8,6 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+PHOENIX_VERSION ?= 20.26.1
 # torch's CPU build (2.13.0+cpu) is not on PyPI itself. On a machine whose pip is not already
 # configured to find it, point pip at PyTorch's CPU wheel index:
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -19,7 +20,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 LOCK_HASH := $(shell cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 
-.PHONY: help setup models demo test stage1 stage2 stage3 stage4 stage5 bench lint format doctor \
+.PHONY: help setup models demo test stage1 stage2 stage3 stage4 stage5 bench lint format doctor phoenix exercise grade progress figures \
         lock clean clean-venv reset-cache
 
 help:
@@ -28,7 +29,12 @@ help:
 	@echo "make test      run every stage's suite (what CI runs)"
 	@echo "make stageN    run one stage's suite (N = 1..5)"
 	@echo "make bench     run the benchmarks; JSON + plots under reports/"
+	@echo "make exercise STAGE=N   a workspace with the stage's core mechanisms to fill in"
+	@echo "make grade STAGE=N      grade that workspace with the stage's tests: a rubric and a score"
+	@echo "make progress  tests passed and exercises done per stage, and the next command"
+	@echo "make figures   rewrite the README's measured figures from reports/*.json"
 	@echo "make doctor    check the environment and say what to fix"
+	@echo "make phoenix   optional: Arize Phoenix in its own venv, to browse stage 5's traces"
 	@echo "make lint      ruff check + format check"
 	@echo "make lock      re-resolve requirements/base.in into requirements/lock.txt"
 	@echo "make clean     remove reports/, artifacts/ and Python caches (keeps venv and models)"
@@ -61,6 +67,8 @@ demo: setup
 	$(PY) -m stage4_finetune_align curate stage4_finetune_align/data/noisy_pairs.jsonl artifacts/stage4/demo_clean.jsonl
 	$(PY) -m stage4_finetune_align train --steps 8 --out artifacts/stage4/demo
 	$(PY) -m stage4_finetune_align compare "Does my plan include hotspot/tethering?" --adapter artifacts/stage4/demo/adapter
+	@echo "== stage 5: vLLM serving concurrent users; cost, one trace, a tiny Ragas eval; then it stops" >&2
+	$(PY) -m stage5_serving_ops demo
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -73,6 +81,33 @@ bench: setup
 	$(PY) -m stage1_foundations bench
 	$(PY) -m stage2_prompting_tools bench
 	$(PY) -m stage3_retrieval bench
+	$(PY) -m stage4_finetune_align bench
+	$(PY) -m stage5_serving_ops bench
+	$(PY) -m stage5_serving_ops quantize
+	$(PY) -m shared.figures
+
+figures: setup
+	@$(PY) -m shared.figures
+
+# Optional: Arize Phoenix, in its own venv (its fastapi pin conflicts with vLLM's), on 127.0.0.1:6006.
+# Then: python -m stage5_serving_ops demo --otlp http://127.0.0.1:6006/v1/traces
+PHOENIX_VENV ?= .venv-phoenix
+phoenix:
+	@test -x $(PHOENIX_VENV)/bin/phoenix || ($(PYTHON) -m venv $(PHOENIX_VENV) && \
+	  $(PHOENIX_VENV)/bin/pip install --quiet "arize-phoenix==$(PHOENIX_VERSION)")
+	PHOENIX_HOST=127.0.0.1 $(PHOENIX_VENV)/bin/phoenix serve
+
+# Exercise mode: a learner workspace with the core mechanisms cut out, graded by the stage's tests.
+#   make exercise STAGE=1 [FORCE=1]    make grade STAGE=1 [FAST=1]
+STAGE ?= 1
+exercise: setup
+	@$(PY) -m shared.exercises make $(STAGE) $(if $(FORCE),--force,)
+
+grade: setup
+	@$(PY) -m shared.exercises grade $(STAGE) $(if $(FAST),--fast,)
+
+progress: setup
+	@$(PY) -m shared.progress
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # The repository root: shared/ sits directly under it (the course is installed editable).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +94,19 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def atomic_savefig(fig: Any, path: Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as `path` atomically (a temporary PNG beside it, then renamed) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    ensure(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path

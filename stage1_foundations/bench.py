@@ -148,12 +148,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ax.legend()
     fig.suptitle(f"{report['model'] or 'model'} on {report['device']} ({report['machine']})", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    paths.ensure(path.parent)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return paths.atomic_savefig(fig, path, dpi=110)
 
 
 def write_report(report: dict[str, Any], name: str = "stage1_decode") -> tuple[Path, Path]:

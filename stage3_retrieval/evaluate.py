@@ -44,6 +44,7 @@ def judge_ranking(
     Example: judge_ranking([("r", "a"), ("r", "b"), ("r", "a")], {("r", "b")})
              -> {"hit@1": 0, "hit@5": 1, "mrr@10": 0.5, "ndcg@10": 0.63...}
     """
+    # EXERCISE stage3.rank_metrics: within the first k: hit@1, hit@5, MRR = 1 / rank of the first relevant item (0 if none), nDCG = DCG / ideal DCG, gain 1 at each relevant item's first appearance, discounted by log2(rank + 1)
     gains, seen = [], set()
     for item in ranked[:k]:
         gains.append(1.0 if item in relevant and item not in seen else 0.0)
@@ -54,6 +55,7 @@ def judge_ranking(
     return {"hit@1": float(any(item in relevant for item in ranked[:1])),
             "hit@5": float(any(item in relevant for item in ranked[:5])),
             "mrr@10": 0.0 if first is None else 1 / (first + 1), "ndcg@10": dcg / ideal if ideal else 0.0}  # fmt: skip
+    # END EXERCISE
 
 
 def relevant_of(row: dict[str, Any]) -> set[tuple[str, str]]:
@@ -183,10 +185,7 @@ def plot_modes(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     lat.set_xlabel("p95 query latency (ms, log scale)")
     fig.tight_layout()
     paths.ensure(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    paths.atomic_savefig(fig, path, dpi=120)
     return path
 
 

