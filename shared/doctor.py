@@ -139,6 +139,22 @@ def check_hub() -> Check:
     return ("hugging face hub", OK, detail, "")
 
 
+def check_stage_outputs() -> list[Check]:
+    """What later steps of a stage use and an earlier command builds: a warning, never a failure."""
+    from shared.paths import artifacts_dir
+
+    art = artifacts_dir()
+    wanted = [
+        ("stage 3 index", art / "stage3" / "index" / "manifest.json", "python -m stage3_retrieval index"),
+        ("stage 4 adapter", art / "stage4" / "run" / "adapter" / "adapter_config.json",
+         "python -m stage4_finetune_align train"),
+        ("stage 4 merged model", art / "stage4" / "merged" / "config.json",
+         "python -m stage4_finetune_align merge --adapter artifacts/stage4/run/adapter --out artifacts/stage4/merged"),
+    ]  # fmt: skip
+    return [(what, OK if path.is_file() else WARN, str(path.parent) if path.is_file() else "not built yet",
+             "" if path.is_file() else f".venv/bin/{fix}") for what, path, fix in wanted]  # fmt: skip
+
+
 def run_checks() -> list[Check]:
     checks: list[Check] = [check_python(), check_venv(), check_torch()]
     lock_pins = {"transformers": "5.19", "trl": "1.16", "peft": "0.21", "ragas": "0.4.3", "openai": None}
@@ -147,6 +163,7 @@ def run_checks() -> list[Check]:
     checks += check_models()
     checks.append(check_disk())
     checks.append(check_hub())
+    checks += check_stage_outputs()
     return checks
 
 

@@ -97,7 +97,7 @@ def forward_full(model: Any, ids: torch.Tensor) -> torch.Tensor:
 def forward_cached(model: Any, new_ids: torch.Tensor, past_key_values: Any) -> tuple[torch.Tensor, Any]:
     """With a cache: run only the new ids (1, n) and extend `past_key_values` (None on the first call,
     the prefill). Returns the last logits (1, vocab) and the cache to pass next time."""
-    # EXERCISE stage1.cached_step: run only the new tokens, reusing and returning the KV cache
+    # EXERCISE stage1.cached_step: call the model on new_ids only, with past_key_values and use_cache=True; return (the last position's logits (1, vocab), the new cache)
     out = model(input_ids=new_ids, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :], out.past_key_values
     # END EXERCISE
@@ -121,7 +121,7 @@ def decode_tokens(
     ids = torch.tensor([list(prompt_ids)], device=device)  # (1, t): the whole sequence so far
     penalise = config.sampling.repetition_penalty != 1.0
 
-    # EXERCISE stage1.decode_loop: forward, sample, append; stop at EOS or max_new_tokens
+    # EXERCISE stage1.decode_loop: max_new_tokens times: get logits (forward_cached on just the newest ids, or forward_full), sample_next_token, return on a stop id, else yield and append
     past = None
     next_input = ids  # the prefill feeds the whole prompt; later steps feed one token
     for _ in range(config.max_new_tokens):
@@ -142,6 +142,7 @@ def decode_tokens(
 def _releasable(text: str, stop: Sequence[str]) -> int:
     """How many characters of `text` can be shown now: hold back a trailing partial character
     (U+FFFD from a half-decoded byte sequence) and any suffix that could start a stop string."""
+    # EXERCISE stage1.stream_holdback: strip trailing U+FFFD, then cut the longest suffix that is a proper prefix of a stop string; return the length left
     end = len(text.rstrip("\ufffd"))
     for s in stop:
         for k in range(min(len(s) - 1, end), 0, -1):
@@ -149,6 +150,7 @@ def _releasable(text: str, stop: Sequence[str]) -> int:
                 end -= k
                 break
     return end
+    # END EXERCISE
 
 
 def stream_decode(

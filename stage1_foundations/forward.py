@@ -59,7 +59,9 @@ def perplexity(model: Any, tokenizer: Any, text: str) -> float:
         ids = [tokenizer.bos_token_id, *ids]  # so the first real token is predicted too
     assert len(ids) >= 2, "perplexity needs at least one token to predict"
     input_ids = torch.tensor([ids], device=model.device)
+    # EXERCISE stage1.perplexity: one forward pass; the logits at positions 0..n-2 predict ids 1..n-1; return exp of their mean cross-entropy
     logits = model(input_ids=input_ids).logits[0, :-1].float()  # position t predicts token t+1
     targets = input_ids[0, 1:]
     nll = torch.nn.functional.cross_entropy(logits, targets)
     return math.exp(nll.item())
+    # END EXERCISE

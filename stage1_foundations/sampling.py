@@ -58,7 +58,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     assert 0 < p <= 1, "top_p must be in (0, 1]"
     if p >= 1.0:
         return logits
-    # EXERCISE stage1.top_p: keep the smallest set of tokens whose probability mass reaches p
+    # EXERCISE stage1.top_p: sort descending and cumsum the softmax; drop each token whose predecessors already reach p, and -inf those in the original order
     sorted_logits, sorted_ids = torch.sort(logits, descending=True, dim=-1)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     # A token is removed if the tokens before it already reach p. Shifting by one keeps the token

@@ -66,7 +66,7 @@ class AgentResult:
 
 def execute(call: ToolCall, tools: dict[str, Tool]) -> Step:
     """Run one call; whatever goes wrong is recorded in the step, never raised."""
-    # EXERCISE stage2.execute_call: parse, look up, validate and run one tool call; errors become data
+    # EXERCISE stage2.execute_call: json.loads the arguments ('' is {}), look up the tool, check they are an object, call it; any failure (bad JSON, unknown tool, ToolError, other exception) becomes Step.error
     try:
         arguments = json.loads(call.arguments) if call.arguments.strip() else {}
     except json.JSONDecodeError as e:
@@ -115,7 +115,7 @@ class Agent:
                                           {"role": "user", "content": question}]  # fmt: skip
         specs = [t.spec for t in self.tools.values()]
         result = AgentResult(answer="")
-        # EXERCISE stage2.tool_loop: call the model, execute its tool calls, feed results back, at most max_steps
+        # EXERCISE stage2.tool_loop: max_steps times: model.chat(messages, tools=specs); no tool calls -> the answer; else append the assistant message, then execute each call and append its tool message
         for _ in range(self.max_steps):
             reply = self.model.chat(messages, tools=specs, max_tokens=self.max_tokens, temperature=0.0)
             result.usage.prompt_tokens += reply.usage.prompt_tokens

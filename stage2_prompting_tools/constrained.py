@@ -182,7 +182,7 @@ class ConstrainedToolModel:
     def select(self, question: str, tools: Sequence[dict]) -> tuple[str, dict[str, Any]]:
         """The chosen candidate (a tool name or DIRECT_ANSWER) and the scores that chose it."""
         names = [t["function"]["name"] for t in tools]
-        # EXERCISE stage2.select_tool: narrow by embedding similarity, then pick by the model's likelihood
+        # EXERCISE stage2.select_tool: router: the candidate most similar to the question (self.route); hybrid: the model's likeliest of the router's top k tools unless answering ranks first; likelihood: the likeliest of all
         info: dict[str, Any] = {}
         candidates = [*names, DIRECT_ANSWER]
         if self.selection in ("router", "hybrid"):

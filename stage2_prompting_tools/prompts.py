@@ -71,7 +71,7 @@ def build_messages(
     text: str, config: PromptConfig, examples: Sequence[dict[str, str]]
 ) -> list[dict[str, str]]:
     """The messages for one input under one prompt design."""
-    # EXERCISE stage2.few_shot_placement: place the examples as chat turns or inline in the system message
+    # EXERCISE stage2.few_shot_placement: no shots: system + user; inline: the examples as 'Message: ...\nIntent: ...' blocks in the system message; turns: a user/assistant pair per example before the user
     if config.shots == 0 or not examples:
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
     if config.placement == "inline":

@@ -28,6 +28,7 @@ refuses any host that is not one of them, so a prompt cannot send a request anyw
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 import operator
 import os
@@ -36,7 +37,7 @@ import time
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import quote, urlparse
@@ -62,7 +63,7 @@ def json_schema_for(annotation: Any) -> dict[str, Any]:
              Literal["C", "F"] -> {"type": "string", "enum": ["C", "F"]}
              Annotated[str, {"pattern": "^[0-9]+$"}] -> {"type": "string", "pattern": "^[0-9]+$"}
     """
-    # EXERCISE stage2.type_to_schema: map a Python type hint to its JSON schema
+    # EXERCISE stage2.type_to_schema: str/int/float/bool -> {"type": ...}; Literal -> enum; list/tuple/set -> array of items; dict -> object; Optional[X] -> X; other unions -> anyOf; Annotated adds its dict; else TypeError
     origin = get_origin(annotation)
     if origin is Annotated:  # Annotated[str, {"pattern": ...}]: extra schema keywords ride along
         base, *extras = get_args(annotation)
@@ -108,12 +109,37 @@ def parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return description, params
 
 
+def parameters_schema(fn: Callable[..., Any], param_docs: dict[str, str]) -> dict[str, Any]:
+    """The JSON schema of `fn`'s arguments, an object: each parameter's type hint as a property, with
+    its description from the docstring and its default; required: those without a default."""
+    hints = typing.get_type_hints(fn, include_extras=True)
+    # EXERCISE stage2.schema_from_signature: one property per parameter (json_schema_for its hint, plus its docstring description and default if any); required: those without a default; no additional properties
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for param in inspect.signature(fn).parameters.values():
+        schema = json_schema_for(hints[param.name])
+        if param.name in param_docs:
+            schema["description"] = param_docs[param.name]
+        if param.default is inspect.Parameter.empty:
+            required.append(param.name)
+        else:
+            schema["default"] = param.default
+        properties[param.name] = schema
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    # END EXERCISE
+
+
 @dataclass
 class Tool:
     name: str
     description: str
-    parameters: dict[str, Any]  # a JSON schema of type "object"
     function: Callable[..., Any]
+    param_docs: dict[str, str] = field(default_factory=dict)  # the docstring's Args section
+
+    @functools.cached_property
+    def parameters(self) -> dict[str, Any]:
+        """A JSON schema of type "object", built from the function's signature on first use."""
+        return parameters_schema(self.function, self.param_docs)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -144,32 +170,15 @@ def tool(function: Callable[..., Any] | None = None, *, name: str | None = None)
     """Decorator: make a typed, documented function a `Tool`. Usable as `@tool` or `@tool(name=...)`."""
 
     def wrap(fn: Callable[..., Any]) -> Tool:
-        # EXERCISE stage2.schema_from_signature: build the parameters schema from the signature and docstring
         description, param_docs = parse_docstring(fn.__doc__ or "")
         if not description:
             raise TypeError(f"tool {fn.__name__} needs a docstring: it is the model's only description")
         hints = typing.get_type_hints(fn, include_extras=True)
-        properties: dict[str, Any] = {}
-        required: list[str] = []
-        for param in inspect.signature(fn).parameters.values():
-            if param.name not in hints:
-                raise TypeError(f"parameter {param.name!r} of {fn.__name__} needs a type hint")
-            schema = json_schema_for(hints[param.name])
-            if param.name in param_docs:
-                schema["description"] = param_docs[param.name]
-            if param.default is inspect.Parameter.empty:
-                required.append(param.name)
-            else:
-                schema["default"] = param.default
-            properties[param.name] = schema
-        parameters = {
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": False,
-        }
-        # END EXERCISE
-        return Tool(name=name or fn.__name__, description=description, parameters=parameters, function=fn)
+        for param in inspect.signature(fn).parameters:
+            if param not in hints:
+                raise TypeError(f"parameter {param!r} of {fn.__name__} needs a type hint")
+        # the schema itself is built on first use (Tool.parameters), not when a module of tools is imported
+        return Tool(name=name or fn.__name__, description=description, function=fn, param_docs=param_docs)
 
     return wrap(function) if function is not None else wrap
 

@@ -37,12 +37,14 @@ def rrf(
 
     Example: rrf([["a", "b"], ["b", "c"]]) -> [("b", 1/62 + 1/61), ("a", 1/61), ("c", 1/62)]
     """
+    # EXERCISE stage3.rrf: each id scores the sum of weight / (k + rank) over the rankings holding it (rank from 1, weights 1.0 by default); sort by score descending, ties by id
     weights = weights or [1.0] * len(rankings)
     scores: dict[str, float] = {}
     for ranking, weight in zip(rankings, weights, strict=True):
         for rank, doc in enumerate(ranking, start=1):
             scores[doc] = scores.get(doc, 0.0) + weight / (k + rank)
     return sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+    # END EXERCISE
 
 
 def minmax(results: Sequence[tuple[str, float]]) -> dict[str, float]:

@@ -30,7 +30,7 @@ STOPWORDS = frozenset(_STOPWORDS_TEXT.split())
 def tokenize(text: str) -> list[str]:
     """Lower-cased words; identifiers kept whole and also split into their parts.
 
-    Example: tokenize("What does __slots__ do?") -> ["__slots__", "slots", "do"]
+    Example: tokenize("What does __slots__ do?") -> ["__slots__", "slots"]   ("what", "does", "do": stopwords)
     """
     tokens = []
     for match in IDENTIFIER.finditer(text):

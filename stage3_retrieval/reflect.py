@@ -38,6 +38,24 @@ REFUSAL = (
     "I can only answer questions about Python and this course; that question is outside what I can search."
 )
 UNKNOWN = "I don't know: the sources I searched do not answer that."
+ANSWER, GIVE_UP = "answer", "give up"
+
+
+def next_step(p_yes: float, similarity: float, round_number: int, max_rounds: int,
+              min_similarity: float = MIN_SIMILARITY) -> str:  # fmt: skip
+    """After judging round `round_number` (0-based): ANSWER when the context is enough, that is when the
+    judge leans yes (p_yes >= 0.5) and the retrieval is confident (similarity >= min_similarity); otherwise
+    the rewrite strategy for the next round (STRATEGIES in turn), or GIVE_UP after the last round.
+
+    Example: next_step(0.2, 0.6, 0, 3) -> "hyde";  next_step(0.9, 0.6, 0, 3) -> "answer"
+    """
+    # EXERCISE stage3.reflect_decision: ANSWER if p_yes >= 0.5 and similarity >= min_similarity; else, while round_number + 1 < max_rounds, the strategy at index round_number % len(STRATEGIES); else GIVE_UP
+    if p_yes >= 0.5 and similarity >= min_similarity:
+        return ANSWER
+    if round_number + 1 < max_rounds:
+        return STRATEGIES[round_number % len(STRATEGIES)]
+    return GIVE_UP
+    # END EXERCISE
 
 
 class ModelJudge:
@@ -180,7 +198,8 @@ class SelfReflectiveRAG:
             p_yes = self._step(
                 trace, "judge", lambda c=chunks: self.judge(question, [x.text for x in c]) if c else 0.0
             )
-            sufficient = p_yes >= 0.5 and similarity >= self.min_similarity
+            step = next_step(p_yes, similarity, number, self.max_rounds, self.min_similarity)
+            sufficient = step == ANSWER
             trace[-1].update(p_yes=round(p_yes, 3), similarity=round(similarity, 3), sufficient=sufficient)
             rounds.append(Round(query, strategy, [h.id for h in hits], similarity, p_yes, sufficient))
             if sufficient:
@@ -189,8 +208,8 @@ class SelfReflectiveRAG:
                 )
                 trace[-1]["citations"] = citations
                 return RAGResult(question, answer, citations, route, rounds, trace, [c.text for c in chunks])
-            if number + 1 < self.max_rounds:
-                strategy = STRATEGIES[number % len(STRATEGIES)]
+            if step != GIVE_UP:
+                strategy = step
                 query = self._step(trace, "rewrite", lambda s=strategy, h=hits: self.rewrite(question, s, h),
                                    strategy=strategy)  # fmt: skip
                 trace[-1]["query"] = query

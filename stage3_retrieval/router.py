@@ -77,9 +77,18 @@ class SemanticRouter:
 
     def route(self, query: str, vector: Any = None) -> Route:
         scores = self.scores(query, vector)
-        best = max(scores, key=scores.get)
-        name = best if scores[best] >= self.threshold else OUT_OF_SCOPE
-        return Route(name, scores[best], scores)
+        return Route(choose_route(scores, self.threshold), max(scores.values()), scores)
+
+
+def choose_route(scores: dict[str, float], threshold: float) -> str:
+    """The best-scoring route if its score clears the threshold, else OUT_OF_SCOPE.
+
+    Example: choose_route({"python-reference": 0.62, "stdlib-docs": 0.41}, 0.4) -> "python-reference"
+    """
+    # EXERCISE stage3.route_threshold: take the route with the highest score; return its name if that score >= threshold, else OUT_OF_SCOPE
+    best = max(scores, key=scores.get)
+    return best if scores[best] >= threshold else OUT_OF_SCOPE
+    # END EXERCISE
 
 
 def routing_accuracy(router: SemanticRouter, rows: list[dict[str, str]], threshold: float | None = None,
@@ -89,6 +98,5 @@ def routing_accuracy(router: SemanticRouter, rows: list[dict[str, str]], thresho
     correct = 0
     for row in rows:
         scores = score_cache[row["query"]] if score_cache else router.scores(row["query"])
-        best = max(scores, key=scores.get)
-        correct += (best if scores[best] >= threshold else OUT_OF_SCOPE) == row["route"]
+        correct += choose_route(scores, threshold) == row["route"]
     return correct / len(rows)

@@ -105,7 +105,9 @@ def shingles(text: str, n: int = 3) -> set[str]:
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
+    # EXERCISE stage4.near_duplicate: return the Jaccard similarity |a & b| / |a | b| of two shingle sets (1.0 when both are empty)
     return len(a & b) / len(a | b) if a or b else 1.0
+    # END EXERCISE
 
 
 def pair_text(row: dict[str, Any]) -> str:
@@ -113,9 +115,11 @@ def pair_text(row: dict[str, Any]) -> str:
 
 
 def chosen_longer_share(rows: Sequence[dict[str, Any]]) -> float:
+    # EXERCISE stage4.length_bias: the share of pairs whose chosen answer (last message) has more characters than the rejected one; 0.0 for no pairs
     if not rows:
         return 0.0
     return sum(len(answer(r["chosen"])) > len(answer(r["rejected"])) for r in rows) / len(rows)
+    # END EXERCISE
 
 
 @dataclass
@@ -212,10 +216,12 @@ def split_by_prompt(
     consistent = all(len(s) == 1 and "" not in s for s in by_prompt.values())
     if consistent:
         return rows
+    # EXERCISE stage4.split_by_prompt: shuffle the sorted prompt keys with random.Random(seed), put the first max(1, round(test_share * number of keys)) in test; label each row "test" or "train" by its prompt_key
     keys = sorted(by_prompt)
     random.Random(seed).shuffle(keys)
     test = set(keys[: max(1, round(test_share * len(keys)))])
     return [{**r, "split": "test" if prompt_key(r) in test else "train"} for r in rows]
+    # END EXERCISE
 
 
 def leaked_prompts(rows: Sequence[dict[str, Any]]) -> int:

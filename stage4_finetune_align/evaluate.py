@@ -38,9 +38,29 @@ def sentences(text: str) -> int:
 
 def style_score(text: str) -> dict[str, Any]:
     """1/3 each: at most three sentences; no blame; a concrete next step."""
+    # EXERCISE stage4.style_score: three checks (1 to 3 sentences, no BLAME match, a NEXT_STEP match) as booleans, plus "score": the share that hold
     checks = {"at_most_three_sentences": 0 < sentences(text) <= 3, "no_blame": not BLAME.search(text),
               "next_step": bool(NEXT_STEP.search(text))}  # fmt: skip
     return {**checks, "score": sum(checks.values()) / len(checks)}
+    # END EXERCISE
+
+
+def implicit_preference(
+    chosen: float, rejected: float, ref_chosen: float, ref_rejected: float, beta: float = 0.1
+) -> tuple[float, float]:
+    """(margin, credit) of one pair from its answers' log-probabilities under the policy and the reference.
+
+    DPO's implicit reward of an answer is r(y) = beta * (log pi(y|x) - log ref(y|x)); the margin is
+    r(chosen) - r(rejected), and the pair counts 1 toward preference accuracy when the margin is
+    positive, 0.5 for a tie, 0 otherwise.
+
+    Example: implicit_preference(-10.0, -12.0, -11.0, -11.0, beta=0.5) -> (1.0, 1.0)
+    """
+    # EXERCISE stage4.implicit_reward: r(y) = beta * (policy log-prob - reference log-prob); margin = r(chosen) - r(rejected); credit 1.0, 0.5 or 0.0 for margin >, == or < 0; return (margin, credit)
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    credit = 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+    return margin, credit
+    # END EXERCISE
 
 
 def answer_logprob(
@@ -94,9 +114,9 @@ def preference_eval(pairs: Sequence[dict[str, Any]], adapter: Path | None = None
                 ref_rejected = answer_logprob(policy, tokenizer, pair["prompt"], pair["rejected"])
         else:
             ref_chosen, ref_rejected = chosen, rejected
-        margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        margin, credit = implicit_preference(chosen, rejected, ref_chosen, ref_rejected, beta)
         likelier += chosen > rejected
-        preferred += 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+        preferred += credit
         margins.append(margin)
         if on_pair:
             on_pair()

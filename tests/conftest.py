@@ -9,9 +9,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 
 import pytest
+
+# `make grade`: the learner's workspace copy of a stage package comes before the reference.
+WORKSPACE = os.environ.get("LLM_ROADMAP_WORKSPACE", "")
+if WORKSPACE:
+    import importlib
+    from pathlib import Path
+
+    sys.path.insert(0, WORKSPACE)
+    for package in Path(WORKSPACE).glob("stage*_*/__init__.py"):
+        # imported now, from the workspace: pytest later puts the repository root first on sys.path,
+        # but a package already in sys.modules (and its submodules, found through its __path__) stays
+        importlib.import_module(package.parent.name)
 
 NETWORK = os.environ.get("LLM_ROADMAP_NETWORK", "") == "1"
 if not NETWORK:
@@ -28,11 +42,45 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_gpu = False
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_net = pytest.mark.skip(reason="needs the internet; set LLM_ROADMAP_NETWORK=1")
+    marks_file = os.environ.get("LLM_ROADMAP_EXERCISE_MARKS")
+    if marks_file:  # shared.exercises asks which tests grade which exercise
+        marked: dict[str, list[str]] = {}
+        for item in items:
+            for mark in item.iter_markers("exercise"):
+                for exercise in mark.args:
+                    marked.setdefault(exercise, []).append(item.nodeid)
+        with open(marks_file, "w", encoding="utf-8") as f:
+            json.dump(marked, f)
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(skip_gpu)
         if "network" in item.keywords and not NETWORK:
             item.add_marker(skip_net)
+
+
+OUTCOMES_FILE = os.environ.get("LLM_ROADMAP_EXERCISE_OUTCOMES")
+OUTCOMES: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """For shared.exercises: each test's outcome by node id ("failed: <last line>" on failure)."""
+    if report.failed:
+        last = (report.longreprtext.strip().splitlines() or [""])[-1]
+        OUTCOMES[report.nodeid] = f"failed: {last}"
+    elif report.skipped and report.nodeid not in OUTCOMES:
+        OUTCOMES[report.nodeid] = "skipped"
+    elif report.when == "call" and report.passed:
+        OUTCOMES[report.nodeid] = "passed"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if OUTCOMES_FILE:
+        with open(OUTCOMES_FILE, "w", encoding="utf-8") as f:
+            json.dump(OUTCOMES, f)
+    elif OUTCOMES and not WORKSPACE:  # a run of the reference: `make progress` reads it
+        from shared.progress import record_run
+
+        record_run(OUTCOMES)
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ def test_tokenize_json(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback", "stage1.top_p")
 def test_next_token_and_generate_json(capsys):
     out = run_json(capsys, "next-token", "The capital of France is", "--top", "3")
     assert len(out["next_tokens"]) == 3 and out["next_tokens"][0]["text"] == " Paris"
@@ -41,6 +42,7 @@ def test_next_token_and_generate_json(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_stream_prints_the_same_text(capsys):
     assert run_cli(main, ["generate", "--chat", "--stream", "--max-new-tokens", "12", "What is 2+2?"]) == 0
     streamed = capsys.readouterr().out.rstrip("\n")
@@ -72,6 +74,7 @@ def test_prompt_longer_than_the_context_exits_2(capsys):
     assert "exceeds the model's context of 8192 tokens" in capsys.readouterr().err
 
 
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_bench_report_has_every_field_and_writes_json_and_png(tiny, tmp_path):
     model, tokenizer = tiny
     report = run_benchmark(model, tokenizer, [4, 8], repeats=1)

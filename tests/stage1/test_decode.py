@@ -39,6 +39,7 @@ def chat_ids(tokenizer, prompt: str) -> list[int]:
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_tiny_greedy_loop_equals_generate(tiny, use_cache):
     model, tokenizer = tiny
     ids = tokenizer("Hello there, how are")["input_ids"]
@@ -46,6 +47,7 @@ def test_tiny_greedy_loop_equals_generate(tiny, use_cache):
     assert ours.token_ids == hf_greedy(model, tokenizer, ids, 24)
 
 
+@pytest.mark.exercise("stage1.cached_step")
 def test_tiny_cached_step_logits_equal_a_full_forward(tiny):
     model, tokenizer = tiny
     ids = torch.tensor([tokenizer("one two three four five")["input_ids"]])
@@ -54,6 +56,7 @@ def test_tiny_cached_step_logits_equal_a_full_forward(tiny):
     torch.testing.assert_close(cached, forward_full(model, ids), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_stream_joins_to_the_text_even_through_split_characters(tiny):
     """Random tokens include byte fragments of multi-byte characters; the stream must hold them back."""
     model, tokenizer = tiny
@@ -73,6 +76,7 @@ def test_stream_joins_to_the_text_even_through_split_characters(tiny):
     assert all("\ufffd" not in d for d in deltas[:-1]), "no half characters mid-stream"
 
 
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_max_new_tokens_and_seeded_sampling(tiny):
     model, tokenizer = tiny
     ids = tokenizer("Once")["input_ids"]
@@ -98,6 +102,7 @@ def test_decode_config_validates():
 @pytest.mark.slow
 @pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no-cache"])
 @pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_real_greedy_loop_equals_generate(real, use_cache, chat):
     model, tokenizer = real
     for prompt in CHAT_PROMPTS if chat else PLAIN_PROMPTS:
@@ -107,6 +112,7 @@ def test_real_greedy_loop_equals_generate(real, use_cache, chat):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage1.cached_step")
 def test_real_cached_step_logits_equal_a_full_forward(real):
     model, tokenizer = real
     ids = torch.tensor([chat_ids(tokenizer, "What is the capital of France?") + [504, 3575]])
@@ -118,6 +124,7 @@ def test_real_cached_step_logits_equal_a_full_forward(real):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage1.decode_loop", "stage1.cached_step", "stage1.stream_holdback")
 def test_real_stream_joins_and_stop_strings_cut(real):
     model, tokenizer = real
     ids = tokenizer("def fibonacci(n):")["input_ids"]

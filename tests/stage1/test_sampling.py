@@ -32,6 +32,7 @@ def test_top_k_keeps_exactly_k_highest(k):
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.99])
+@pytest.mark.exercise("stage1.top_p")
 def test_top_p_keeps_the_smallest_set_reaching_p(p):
     for seed in range(5):
         logits = random_logits(seed)
@@ -47,6 +48,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p(p):
             )
 
 
+@pytest.mark.exercise("stage1.top_p")
 def test_top_p_worked_example():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
     assert torch.isfinite(top_p_filter(logits, 0.7)).tolist() == [True, True, False, False]
@@ -54,6 +56,7 @@ def test_top_p_worked_example():
     assert torch.isfinite(top_p_filter(logits, 1.0)).all()
 
 
+@pytest.mark.exercise("stage1.top_p")
 def test_filters_agree_with_transformers_logits_processors():
     from transformers import (
         MinPLogitsWarper,

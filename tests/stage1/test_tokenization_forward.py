@@ -38,6 +38,7 @@ def test_chat_template_renders_the_exact_ids(tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage1.perplexity")
 def test_next_token_distribution_and_perplexity(real):
     model, tokenizer = real
     tops = top_next_tokens(model, tokenizer, tokenizer("The capital of France is")["input_ids"], 5)

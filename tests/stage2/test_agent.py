@@ -34,6 +34,9 @@ def answer(text: str) -> ChatResponse:
     return ChatResponse(text, [], "stop", Usage(60, 8), 0.01)
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_tool_chosen_executed_fed_back_then_answered():
     model = ScriptedModel(call("calculator", '{"expression": "23*47"}'), answer("23 * 47 is 1081."))
     seen = []
@@ -63,6 +66,9 @@ def test_tool_chosen_executed_fed_back_then_answered():
         ("calculator", '{"expression": "1/0"}', "division by zero"),
     ],
 )
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_bad_calls_become_tool_errors_and_the_loop_goes_on(name, arguments, error):
     model = ScriptedModel(call(name, arguments), answer("Sorry, that did not work."))
     result = Agent(model, list(BUILTIN_TOOLS.values())).run("Compute something")
@@ -71,6 +77,9 @@ def test_bad_calls_become_tool_errors_and_the_loop_goes_on(name, arguments, erro
     assert error in json.loads(model.requests[1][-1]["content"])["error"]
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_a_tool_that_crashes_is_contained():
     @tool
     def flaky(x: int) -> int:
@@ -82,6 +91,9 @@ def test_a_tool_that_crashes_is_contained():
     assert result.steps[0].error == "RuntimeError: backend exploded"
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_max_steps_bounds_the_loop():
     model = ScriptedModel(*[call("calculator", '{"expression": "1+1"}')] * 3)
     result = Agent(model, list(BUILTIN_TOOLS.values()), max_steps=3).run("loop forever")
@@ -91,6 +103,9 @@ def test_max_steps_bounds_the_loop():
         Agent(model, [], max_steps=0)
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_instructions_inside_tool_output_are_data_and_trigger_nothing():
     executed = []
 
@@ -124,6 +139,7 @@ def test_instructions_inside_tool_output_are_data_and_trigger_nothing():
     assert all("IGNORE" not in m.get("content", "") for m in model.requests[1] if m["role"] != "tool")
 
 
+@pytest.mark.exercise("stage2.tool_loop")
 def test_history_is_kept_between_turns():
     model = ScriptedModel(answer("Hi Ada."))
     history = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Hello!"}]

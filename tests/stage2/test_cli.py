@@ -19,6 +19,7 @@ def run_json(capsys, *argv: str):
     return code, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_tools_json_lists_every_schema(capsys):
     code, specs = run_json(capsys, "tools")
     assert code == 0 and {s["function"]["name"] for s in specs} >= {"calculator", "get_weather"}
@@ -68,6 +69,9 @@ class NativeToolServer(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature"
+)
 def test_ask_against_a_server_uses_native_tool_calls(capsys):
     server = ThreadingHTTPServer(("127.0.0.1", 0), NativeToolServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -84,6 +88,13 @@ def test_ask_against_a_server_uses_native_tool_calls(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise(
+    "stage2.tool_loop",
+    "stage2.execute_call",
+    "stage2.type_to_schema",
+    "stage2.schema_from_signature",
+    "stage2.select_tool",
+)
 def test_ask_with_the_real_model_end_to_end(capsys):
     code, out = run_json(capsys, "ask", "What is 23 times 47?")
     assert code == 0

@@ -17,6 +17,7 @@ def test_message_spans():
     assert "Python (programming language)" in message_spans("Read Python (programming language) now", 3)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_grounded_schema_limits_free_strings_to_spans_only():
     schema = grounded_schema(get_weather.parameters, "Weather in Lisbon?")
     assert schema["properties"]["city"]["enum"][-1] == "Lisbon"
@@ -27,6 +28,7 @@ def test_grounded_schema_limits_free_strings_to_spans_only():
     )
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_the_suite_is_balanced_and_scored_by_meaning():
     tasks = load_tasks()
     assert len(tasks) >= 30
@@ -45,6 +47,7 @@ def constrained(chat_model):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage2.select_tool", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_every_call_on_the_suite_is_valid_for_a_listed_tool(constrained, capsys):
     """End to end on the real model: 100% valid calls; tool choice measured at 33/36 before this bar was set."""
     report = evaluate_calls(constrained, load_tasks())
@@ -57,6 +60,7 @@ def test_every_call_on_the_suite_is_valid_for_a_listed_tool(constrained, capsys)
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage2.select_tool", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_a_question_without_a_tool_is_answered_directly(constrained):
     specs = [t.spec for t in BUILTIN_TOOLS.values()]
     reply = constrained.chat([{"role": "user", "content": "Hello! How are you today?"}], tools=specs)

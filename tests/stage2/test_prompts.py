@@ -32,6 +32,7 @@ def test_fixed_examples_are_balanced_across_labels():
     assert [s["intent"] for s in shots[:6]] == list(INTENTS) and len({s["text"] for s in shots}) == 12
 
 
+@pytest.mark.exercise("stage2.few_shot_placement")
 def test_placements():
     examples = fixed_examples(load_intents("train"), 2)
     zero = build_messages("Where is my parcel?", PromptConfig(0), [])
@@ -57,6 +58,7 @@ def test_continuation_scores_are_log_probabilities(tiny_llama):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage2.few_shot_placement")
 def test_classifier_on_the_dev_split_beats_chance(chat_model):
     """The best design (similar examples as turns); all four are measured by `make bench`."""
     rows = load_intents("dev")

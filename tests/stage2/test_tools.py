@@ -45,6 +45,7 @@ def book_flight(origin: str, destination: str, passengers: int = 1, cabin: Liter
     return f"{origin}->{destination} x{passengers} {cabin} via {stops or []}"
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_schema_from_signature_and_docstring():
     spec = book_flight.spec
     assert spec["type"] == "function"
@@ -72,11 +73,13 @@ def test_schema_from_signature_and_docstring():
         ({"origin": "LIS", "destination": "NRT", "seat": "1A"}, "Additional properties"),
     ],
 )
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_validation_rejects_wrong_arguments_before_running(arguments, problem):
     with pytest.raises(ToolError, match=problem):
         book_flight(**arguments)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_valid_arguments_run_the_function():
     assert book_flight(origin="LIS", destination="NRT", passengers=2) == "LIS->NRT x2 economy via []"
 
@@ -94,6 +97,7 @@ def test_tools_need_docstrings_and_type_hints():
 
 @pytest.mark.parametrize("expression, result", [("23*47", "1081"), ("2 * (3 + 4) ** 2", "98"), ("7 / 2", "3.5"),
                                                 ("-(2 ** 10) // 3", "-342"), ("10 % 4", "2"), ("2^8", "256")])  # fmt: skip
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_calculator_evaluates_arithmetic(expression, result):
     assert calculator(expression=expression) == result
 
@@ -113,6 +117,7 @@ def test_calculator_evaluates_arithmetic(expression, result):
         ("1" * 300, "too long"),
     ],
 )
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_calculator_refuses_everything_but_arithmetic(expression, problem):
     """The AST walk is the real defence; the schema's pattern is a second layer in front of it."""
     with pytest.raises(ToolError, match=problem):
@@ -121,6 +126,7 @@ def test_calculator_refuses_everything_but_arithmetic(expression, problem):
         calculator(expression=expression)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_local_tools():
     assert convert_units(value=10, from_unit="km", to_unit="mi") == "10 km = 6.2137 mi"
     assert convert_units(value=100, from_unit="C", to_unit="F") == "100 C = 212 F"
@@ -139,6 +145,7 @@ def sample_apis(monkeypatch):
         yield env
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_http_tools_parse_the_real_response_shapes(sample_apis):
     weather = get_weather(city="Lisbon")
     assert weather["country"] == "Portugal" and weather["temperature"] == "17.4 °C"
@@ -150,6 +157,7 @@ def test_http_tools_parse_the_real_response_shapes(sample_apis):
     )
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_http_failures_become_tool_errors(sample_apis, monkeypatch):
     with pytest.raises(ToolError, match="no city"):
         get_weather(city="Atlantis")
@@ -160,6 +168,7 @@ def test_http_failures_become_tool_errors(sample_apis, monkeypatch):
         get_weather(city="Errorville")
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_timeouts_become_tool_errors(monkeypatch):
     monkeypatch.setattr(tools_module, "HTTP_TIMEOUT_S", 0.2)
     monkeypatch.setattr(tools_module, "RETRY_BACKOFF_S", 0.0)
@@ -177,6 +186,7 @@ def test_a_host_that_is_not_configured_is_refused(sample_apis):
         http_get_json("https://evil.example.com/steal")
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_annotated_hints_carry_extra_schema_keywords():
     assert calculator.parameters["properties"]["expression"]["pattern"] == ARITHMETIC
     with pytest.raises(ToolError, match="does not match"):
@@ -185,6 +195,7 @@ def test_annotated_hints_carry_extra_schema_keywords():
         convert_currency(amount=1, from_currency="usd", to_currency="EUR")
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_builtin_registry():
     assert set(BUILTIN_TOOLS) == {"calculator", "convert_units", "current_time", "get_weather", "wiki_summary",
                                   "convert_currency"}  # fmt: skip

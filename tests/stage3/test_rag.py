@@ -7,10 +7,11 @@ import pytest
 from shared.chat import ChatResponse, Usage
 from stage3_retrieval.evaluate import judge_ranking, load_golden
 from stage3_retrieval.graph import build_graph, extract_entities
-from stage3_retrieval.reflect import REFUSAL, UNKNOWN, SelfReflectiveRAG, cite
-from stage3_retrieval.router import OUT_OF_SCOPE, SemanticRouter, load_routes, routing_accuracy
+from stage3_retrieval.reflect import ANSWER, GIVE_UP, REFUSAL, UNKNOWN, SelfReflectiveRAG, cite, next_step
+from stage3_retrieval.router import OUT_OF_SCOPE, SemanticRouter, choose_route, load_routes, routing_accuracy
 
 
+@pytest.mark.exercise("stage3.rank_metrics")
 def test_metrics_on_a_hand_made_ranking():
     m = judge_ranking([("r", "a"), ("r", "b"), ("r", "a")], {("r", "b")})
     assert (
@@ -37,11 +38,21 @@ def test_the_golden_set_is_labelled_with_real_topics(corpus_index):
 ROUTING_FLOOR = 0.75
 
 
+@pytest.mark.exercise("stage3.route_threshold")
+def test_the_best_route_wins_only_above_the_threshold():
+    scores = {"python-reference": 0.62, "stdlib-docs": 0.41, "course-docs": 0.2}
+    assert choose_route(scores, 0.4) == "python-reference"
+    assert choose_route({**scores, "stdlib-docs": 0.7}, 0.4) == "stdlib-docs"
+    assert choose_route(scores, 0.62) == "python-reference", "a score at the threshold clears it"
+    assert choose_route(scores, 0.65) == OUT_OF_SCOPE
+
+
 @pytest.fixture(scope="module")
 def router(corpus_index):
     return SemanticRouter(index=corpus_index)
 
 
+@pytest.mark.exercise("stage3.route_threshold")
 def test_router_sends_labelled_queries_to_their_source(router):
     rows = load_routes("test")
     assert routing_accuracy(router, rows) >= ROUTING_FLOOR
@@ -52,6 +63,7 @@ def test_router_sends_labelled_queries_to_their_source(router):
 @pytest.mark.parametrize(
     "query", ["What is a good recipe for banana bread?", "Who won the football world cup in 2018?"]
 )
+@pytest.mark.exercise("stage3.route_threshold")
 def test_router_refuses_out_of_scope(router, query):
     decision = router.route(query)
     assert decision.name == OUT_OF_SCOPE and not decision.in_scope
@@ -110,6 +122,16 @@ class ScriptedJudge:
 QUESTION = "How do I pick the few smallest items of a big list efficiently?"
 
 
+@pytest.mark.exercise("stage3.reflect_decision")
+def test_the_reflection_decision_needs_the_judge_and_the_retrieval_to_agree():
+    assert next_step(0.9, 0.6, 0, 3) == ANSWER and next_step(0.5, 0.3, 2, 3, min_similarity=0.3) == ANSWER
+    assert next_step(0.9, 0.1, 0, 3) == "hyde", "a confident judge on a weak retrieval is not enough"
+    assert next_step(0.2, 0.9, 1, 3) == "expand", "the strategies take turns"
+    assert next_step(0.2, 0.9, 2, 3) == GIVE_UP and next_step(0.4, 0.9, 0, 1) == GIVE_UP, "no rounds left"
+    assert next_step(0.2, 0.9, 2, 5) == "hyde"
+
+
+@pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
 def test_reflection_rewrites_and_stops_at_max_rounds(retriever, graph):
     judge = ScriptedJudge(0.0, 0.0, 0.0, 0.0)
     rag = SelfReflectiveRAG(retriever, FakeChat(), judge=judge, graph=graph, max_rounds=3, mode="hybrid")
@@ -120,6 +142,7 @@ def test_reflection_rewrites_and_stops_at_max_rounds(retriever, graph):
     assert [s["step"] for s in result.trace].count("rewrite") == 2
 
 
+@pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
 def test_reflection_answers_with_citations_once_sufficient(retriever, graph):
     rag = SelfReflectiveRAG(retriever, FakeChat(), judge=ScriptedJudge(0.1, 0.9), graph=graph, max_rounds=3,
                             mode="hybrid")  # fmt: skip
@@ -129,6 +152,7 @@ def test_reflection_answers_with_citations_once_sufficient(retriever, graph):
     assert all(c in retriever.index.chunks for c in result.citations) and result.contexts
 
 
+@pytest.mark.exercise("stage3.route_threshold")
 def test_out_of_scope_is_refused_without_retrieval(retriever, router):
     judge = ScriptedJudge()
     result = SelfReflectiveRAG(retriever, FakeChat(), router, judge=judge).ask(
@@ -145,6 +169,7 @@ def test_citations_follow_the_answer(corpus_index):
 
 
 @pytest.mark.slow
+@pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision", "stage3.route_threshold")
 def test_ask_on_the_real_model_cites_chunks_that_exist(corpus_index, chat_model, router):
     from stage3_retrieval.hybrid import Retriever
 

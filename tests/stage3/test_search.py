@@ -20,6 +20,7 @@ def test_tokenizer_keeps_identifiers_whole_and_in_parts():
     )
 
 
+@pytest.mark.exercise("stage3.rrf")
 def test_rrf_on_hand_made_rankings():
     fused = dict(rrf([["a", "b"], ["b", "c"]]))
     assert fused == pytest.approx({"a": 1 / 61, "b": 1 / 62 + 1 / 61, "c": 1 / 62})
@@ -52,7 +53,11 @@ def test_dense_finds_meaning_without_the_keyword(retriever):
     assert "heapq" not in query and topics_of(retriever, query, "dense", 1) == ["heapq"]
 
 
-@pytest.mark.parametrize("mode", ["bm25", "dense", "rrf", "hybrid", "rerank"])
+FUSED = pytest.mark.exercise("stage3.rrf")  # rrf, hybrid (rrf as tuned) and rerank (hybrid's top, reordered)
+
+
+@pytest.mark.parametrize("mode", ["bm25", "dense", pytest.param("rrf", marks=FUSED), pytest.param("hybrid", marks=FUSED),
+                                  pytest.param("rerank", marks=FUSED)])  # fmt: skip
 def test_every_mode_returns_ranked_existing_chunks(retriever, mode):
     hits = retriever.search("What happens when a generator function calls yield?", mode, k=5)
     assert 0 < len(hits) <= 5 and all(h.id in retriever.index.chunks for h in hits)
@@ -71,6 +76,7 @@ def run_cli(*argv):
     return subprocess.run([sys.executable, "-m", "stage3_retrieval", *argv], capture_output=True, text=True)
 
 
+@pytest.mark.exercise("stage3.rrf")
 def test_the_index_survives_a_restart(corpus_index):
     run = run_cli(
         "--index", str(corpus_index.path), "search", "the with statement", "--mode", "hybrid", "--json"

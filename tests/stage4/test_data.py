@@ -7,7 +7,16 @@ import json
 import pytest
 
 from shared.console import BadInput
-from stage4_finetune_align.data import chosen_longer_share, curate, leaked_prompts, load_pairs, prompt_key
+from stage4_finetune_align.data import (
+    chosen_longer_share,
+    curate,
+    jaccard,
+    leaked_prompts,
+    load_pairs,
+    prompt_key,
+    shingles,
+    split_by_prompt,
+)
 
 
 def pair(prompt: str, chosen: str, rejected: str, split: str | None = None, **extra) -> dict:
@@ -23,6 +32,7 @@ CLEAN = [pair(f"My order {i} has not arrived after {i + 3} days, what can I do?"
               "Wait longer.") for i in range(20)]  # fmt: skip
 
 
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias", "stage4.split_by_prompt")
 def test_exact_and_near_duplicates_are_removed():
     rows = CLEAN + [dict(CLEAN[0]), pair(CLEAN[1]["prompt"][0]["content"].upper() + "  ",
                                          CLEAN[1]["chosen"][0]["content"] + "!", "Wait longer.")]  # fmt: skip
@@ -32,6 +42,14 @@ def test_exact_and_near_duplicates_are_removed():
     )
 
 
+@pytest.mark.exercise("stage4.near_duplicate")
+def test_jaccard_of_word_shingles():
+    a, b = shingles("please send me the order number"), shingles("please send me the order number today")
+    assert jaccard(a, a) == 1.0 and jaccard(a, b) == pytest.approx(4 / 5)
+    assert jaccard(a, shingles("wait longer")) == 0.0 and jaccard(set(), set()) == 1.0
+
+
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias", "stage4.split_by_prompt")
 def test_empty_and_identical_pairs_are_dropped():
     rows = CLEAN[:5] + [pair("Refund please", "", "No."), pair("Refund please!", "Sure.", "  sure. ")]
     kept, report = curate(rows)
@@ -39,6 +57,7 @@ def test_empty_and_identical_pairs_are_dropped():
     assert report.before == 7 and report.after == 5
 
 
+@pytest.mark.exercise("stage4.length_bias", "stage4.split_by_prompt")
 def test_whitespace_is_normalised():
     kept, _ = curate([pair("  Hello\n\nthere  ", "Hi,   how can I help?", "What.")])
     assert (
@@ -47,6 +66,7 @@ def test_whitespace_is_normalised():
     )
 
 
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias", "stage4.split_by_prompt")
 def test_length_bias_is_reported_and_can_be_balanced():
     rows = CLEAN[:15] + [pair(f"Question {i} about billing?", "Done.", "Let me explain at great length " * 5)
                          for i in range(5)]  # fmt: skip
@@ -56,6 +76,26 @@ def test_length_bias_is_reported_and_can_be_balanced():
     assert chosen_longer_share(kept) == pytest.approx(0.5) and balanced.dropped["length balance"] == 10
 
 
+@pytest.mark.exercise("stage4.length_bias")
+def test_length_bias_share_counts_pairs_whose_chosen_answer_is_longer():
+    rows = [
+        pair("a?", "A longer answer.", "Short."),
+        pair("b?", "Same.", "Same!"),
+        pair("c?", "No.", "Yes, sure."),
+    ]
+    assert chosen_longer_share(rows) == pytest.approx(1 / 3) and chosen_longer_share([]) == 0.0
+
+
+@pytest.mark.exercise("stage4.split_by_prompt")
+def test_split_by_prompt_sends_every_copy_of_a_prompt_to_one_split():
+    rows = [pair(f"Prompt {i // 4}?", f"Answer {i}.", "No.") for i in range(80)]
+    split = split_by_prompt(rows, test_share=0.25, seed=1)
+    assert leaked_prompts(split) == 0 and sum(r["split"] == "test" for r in split) == 4 * 5
+    assert split_by_prompt(rows, 0.25, seed=1) == split, "the same seed gives the same split"
+    assert split_by_prompt(split) == split, "rows already split consistently are kept as they are"
+
+
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias", "stage4.split_by_prompt")
 def test_no_prompt_is_in_two_splits():
     rows = [pair(f"Prompt {i // 2} about my bank card being blocked", f"Answer {i} with a next step.", f"Bad {i}.",
                  split="train" if i % 3 else "test") for i in range(40)]  # fmt: skip
@@ -79,6 +119,7 @@ def test_a_malformed_line_is_named(tmp_path, line, message):
         load_pairs(path)
 
 
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias")
 def test_the_shipped_noisy_file_loses_exactly_its_planted_defects():
     from stage4_finetune_align.data import DATA_DIR
 
@@ -92,6 +133,7 @@ def test_the_shipped_noisy_file_loses_exactly_its_planted_defects():
     assert len(kept) == 16
 
 
+@pytest.mark.exercise("stage4.near_duplicate", "stage4.length_bias")
 def test_the_shipped_pairs_are_clean_unbiased_and_split_by_prompt():
     rows = load_pairs()
     kept, report = curate(rows)
