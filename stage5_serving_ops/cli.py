@@ -13,33 +13,13 @@ python -m stage5_serving_ops demo                                    # serve, lo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from shared.console import BadInput, WorkFailed, console, print_json, progress, run_cli, show, table
 from shared.models import DEFAULT_CHAT_MODEL
-
-
-def served_model(base_url: str, api_key: str | None = None) -> str:
-    """The first model a server lists at /v1/models."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/models")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            models = json.loads(response.read())["data"]
-    except urllib.error.HTTPError as e:
-        raise WorkFailed(f"{base_url} answered HTTP {e.code} to /models (wrong --api-key?)") from None
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
-        raise WorkFailed(f"could not list models at {base_url} ({e}); is the server running?") from None
-    if not models:
-        raise WorkFailed(f"{base_url} serves no model")
-    return models[0]["id"]
 
 
 def server_config(args: argparse.Namespace, port: int | None = None) -> Any:
@@ -91,7 +71,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         transformers_baseline,
         write_report,
     )
-    from stage5_serving_ops.server import on_gpu
+    from stage5_serving_ops.server import on_gpu, served_model
 
     levels = parse_levels(args.concurrency)
     if args.requests < 1 or args.max_tokens < 1:
@@ -207,7 +187,7 @@ def cmd_traces(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from shared import paths
     from stage5_serving_ops.evals import (
-        DATASET_PATH,
+        DEFAULT_DATASET,
         evaluate_set,
         gate,
         load_dataset,
@@ -215,17 +195,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         write_report,
     )
 
-    records = load_dataset(Path(args.dataset) if args.dataset else DATASET_PATH)
+    records = load_dataset(Path(args.dataset) if args.dataset else DEFAULT_DATASET)
     thresholds = load_thresholds(Path(args.thresholds)) if args.thresholds else load_thresholds()
-    judge_model = None
-    if args.base_url:
-        judge_model = args.served_name or served_model(args.base_url, args.api_key)
     with progress(transient=True) as bar:
-        bar.add_task(
-            f"Ragas on {len(records)} records" + (f", judge {judge_model}" if judge_model else ""), total=None
-        )
+        judge = f", judge at {args.base_url}" if args.base_url else ""
+        bar.add_task(f"Ragas on {len(records)} records{judge}", total=None)
         result = evaluate_set(
-            records, judge_base_url=args.base_url, judge_model=judge_model, api_key=args.api_key
+            records, judge_base_url=args.base_url, judge_model=args.served_name, api_key=args.api_key
         )
     failures = gate(result, thresholds)
     result["gate"] = {"passed": not failures, "failures": failures}

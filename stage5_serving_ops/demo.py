@@ -42,7 +42,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from stage5_serving_ops.bench import load_prompts
     from stage5_serving_ops.cli import server_config, start_server
     from stage5_serving_ops.costs import BudgetGuard, Ledger, load_prices, price_for, summarise
-    from stage5_serving_ops.evals import DATASET_PATH, evaluate_set, gate, load_dataset, load_thresholds
+    from stage5_serving_ops.evals import DEFAULT_DATASET, evaluate_set, gate, load_dataset, load_thresholds
     from stage5_serving_ops.tracing import Tracing, read_traces, render_tree
 
     if args.requests < 1:
@@ -78,7 +78,7 @@ def run_demo(args: argparse.Namespace) -> int:
                       f"(vs ~14 tok/s for one user on 2 CPU cores)")  # fmt: skip
         console.print(f"[dim]{prompts[0]}[/dim] -> {responses[0].text.strip()[:160]}")
 
-        records = load_dataset(DATASET_PATH)
+        records = load_dataset(DEFAULT_DATASET)
         passages = [
             (f"{r.get('id', i)}#{j}", text)
             for i, r in enumerate(records)

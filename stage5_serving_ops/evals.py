@@ -102,14 +102,13 @@ from pathlib import Path
 from typing import Any
 
 from shared import paths
-from shared.console import BadInput, WorkFailed, one_line
+from shared.console import BadInput, one_line
 
 # Ragas sends usage analytics unless told not to; the flag is read once, so set it before any import.
 os.environ["RAGAS_DO_NOT_TRACK"] = "true"
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_DATASET = DATA_DIR / "eval_set.jsonl"
-DATASET_PATH = DEFAULT_DATASET  # the name the CLI imports
 DEFAULT_THRESHOLDS = DATA_DIR / "eval_thresholds.toml"
 REPORT_NAME = "stage5_eval.json"
 
@@ -175,14 +174,9 @@ def normalize_record(raw: Any, where: str, index: int) -> dict[str, Any]:
     if not data["question"].strip():
         raise BadInput(f"{where}: 'question' is empty")
     reference_contexts = data.get("reference_contexts")
-    for name, value in (("contexts", data["contexts"]), ("reference_contexts", reference_contexts)):
-        if value is None and name == "reference_contexts":
-            continue
-        if not isinstance(value, list):
-            raise BadInput(f"{where}: {name!r} must be a list of strings, got {_type_name(value)}")
-        odd = next((v for v in value if not isinstance(v, str)), "")
-        if not isinstance(odd, str):
-            raise BadInput(f"{where}: {name!r} must be a list of strings, but holds a {_type_name(odd)}")
+    for name, value in (("contexts", data["contexts"]), ("reference_contexts", reference_contexts or [])):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadInput(f"{where}: {name!r} must be a list of strings, got {json.dumps(value)[:60]}")
     record_id = data.get("id", f"record-{index + 1}")
     if not isinstance(record_id, str | int):
         raise BadInput(f"{where}: 'id' must be a string or an integer, got {_type_name(record_id)}")
@@ -289,21 +283,11 @@ def minilm_embeddings(model: Any = None) -> Any:
 
 def check_judge(base_url: str, model: str | None, api_key: str | None) -> str:
     """Make sure the judge's server answers before scoring anything; the model name to use."""
-    import openai
+    from stage5_serving_ops.server import served_model, served_models
 
-    client = openai.OpenAI(base_url=base_url, api_key=_api_key(api_key), timeout=10.0, max_retries=0)
-    try:
-        served = [m.id for m in client.models.list()]
-    except openai.APIStatusError as e:
-        raise WorkFailed(f"the judge at {base_url} answered HTTP {e.status_code} to GET /models") from None
-    except openai.OpenAIError as e:
-        raise WorkFailed(
-            f"could not reach the judge at {base_url} ({one_line(e)}); is the server running?"
-        ) from None
     if model is None:
-        if not served:
-            raise WorkFailed(f"the judge at {base_url} serves no model")
-        return served[0]
+        return served_model(base_url, api_key, what="the judge")
+    served_models(base_url, api_key, what="the judge")
     return model
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import paths
-from shared.console import BadInput, WorkFailed
+from shared.console import BadInput, WorkFailed, one_line
 from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -216,3 +216,29 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def served_models(base_url: str, api_key: str | None = None, what: str = "the server") -> list[str]:
+    """The model names an OpenAI-compatible server lists at /v1/models (which also proves it is up)."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                           timeout=10.0, max_retries=0)  # fmt: skip
+    try:
+        return [m.id for m in client.models.list()]
+    except openai.APIStatusError as e:
+        raise WorkFailed(
+            f"{what} at {base_url} answered HTTP {e.status_code} to GET /models (wrong --api-key?)"
+        ) from None
+    except openai.OpenAIError as e:
+        raise WorkFailed(
+            f"could not reach {what} at {base_url} ({one_line(e)}); is the server running?"
+        ) from None
+
+
+def served_model(base_url: str, api_key: str | None = None, what: str = "the server") -> str:
+    """The first model the server lists."""
+    models = served_models(base_url, api_key, what)
+    if not models:
+        raise WorkFailed(f"{what} at {base_url} serves no model")
+    return models[0]
