@@ -20,10 +20,16 @@ Streaming is decoding with the text handed out as it grows. The subtle part is d
 one token can be half of a multi-byte character, and a stop string can span two tokens, so we
 decode all new ids each step and only release text that can no longer change.
 
-The greedy output of this loop equals `model.generate(do_sample=False)` token for token; the tests
-check it, with the cache and without.
+The same loop drives two engines, because both speak Transformers' calling convention
+(`model(input_ids, past_key_values, use_cache, logits_to_keep) -> .logits, .past_key_values`):
+Transformers' `LlamaForCausalLM`, whose `DynamicCache` grows by concatenation, and the hand-written
+model of `model.py`, whose static cache (`kv_cache.py`) is allocated once for the prompt plus the
+token budget (`new_cache`). Its greedy output equals `model.generate(do_sample=False)` token for
+token on both engines, with the cache and without; the tests check it. `batch.py` runs the same
+idea over several prompts at once.
 
     python -m stage1_foundations generate --chat --stream "Write a haiku about the sea."
+    python -m stage1_foundations generate --engine scratch --chat --stream "Write a haiku about the sea."
     python -m stage1_foundations generate --no-cache --json "The capital of France is"
 """
 
@@ -74,11 +80,22 @@ class DecodeResult:
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Every id that ends a turn: the tokenizer's EOS and the generation config's (may be a list)."""
+    """Every id that ends a turn: the tokenizer's EOS and the model's generation config's (may be a
+    list; the hand-written model keeps config.json's)."""
     ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        configured = getattr(model.config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured])
     return {i for i in ids if i is not None}
+
+
+def new_cache(model: Any, batch: int, capacity: int) -> Any:
+    """The cache a loop starts from. The hand-written model (model.py) preallocates a static cache of
+    `capacity` slots per row; for Transformers' model this is None, and its first call creates a
+    `DynamicCache` that grows by concatenation."""
+    make = getattr(model, "new_kv_cache", None)
+    return make(batch, capacity) if make is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,8 +112,8 @@ def forward_full(model: Any, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def forward_cached(model: Any, new_ids: torch.Tensor, past_key_values: Any) -> tuple[torch.Tensor, Any]:
-    """With a cache: run only the new ids (1, n) and extend `past_key_values` (None on the first call,
-    the prefill). Returns the last logits (1, vocab) and the cache to pass next time."""
+    """With a cache: run only the new ids (1, n) and extend `past_key_values` (on the first call, the
+    prefill, None or an empty static cache). Returns the last logits (1, vocab) and the cache to pass next time."""
     # EXERCISE stage1.cached_step: call the model on new_ids only, with past_key_values and use_cache=True; return (the last position's logits (1, vocab), the new cache)
     out = model(input_ids=new_ids, past_key_values=past_key_values, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :], out.past_key_values
@@ -120,9 +137,9 @@ def decode_tokens(
     stop_ids = set() if config.ignore_eos else eos_ids(model, tokenizer)
     ids = torch.tensor([list(prompt_ids)], device=device)  # (1, t): the whole sequence so far
     penalise = config.sampling.repetition_penalty != 1.0
+    past = new_cache(model, 1, len(prompt_ids) + config.max_new_tokens) if config.use_cache else None
 
     # EXERCISE stage1.decode_loop: max_new_tokens times: get logits (forward_cached on just the newest ids, or forward_full), sample_next_token, return on a stop id, else yield and append
-    past = None
     next_input = ids  # the prefill feeds the whole prompt; later steps feed one token
     for _ in range(config.max_new_tokens):
         if config.use_cache:

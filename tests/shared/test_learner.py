@@ -43,3 +43,26 @@ def test_the_readme_figures_come_from_the_reports(tmp_path):
 def test_the_committed_readme_has_a_figures_section():
     text = (paths.REPO_ROOT / "README.md").read_text()
     assert figures.START in text and figures.END in text
+
+
+def test_a_stage_section_is_replaced_between_its_markers():
+    text = "# S\n\n<!-- decode:start -->\nold\n<!-- decode:end -->\n\nafter\n"
+    assert (
+        figures.replace_section(text, "decode", "new")
+        == "# S\n\n<!-- decode:start -->\nnew\n<!-- decode:end -->\n\nafter\n"
+    )
+    with pytest.raises(BadInput, match="no <!-- bpe:start -->"):
+        figures.replace_section(text, "bpe", "x")
+
+
+def test_every_stage_section_named_in_a_figures_module_is_in_its_readme():
+    import importlib
+
+    for package in figures.STAGE_PACKAGES:
+        try:
+            module = importlib.import_module(f"{package}.figures")
+        except ModuleNotFoundError:
+            continue
+        readme = (paths.REPO_ROOT / package / "README.md").read_text()
+        for name, _, _ in module.SECTIONS:
+            assert f"<!-- {name}:start -->" in readme and f"<!-- {name}:end -->" in readme, (package, name)
