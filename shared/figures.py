@@ -128,17 +128,24 @@ def replace_section(text: str, name: str, body: str) -> str:
     return f"{before}{start}\n{body}\n{end}{after}"
 
 
-def stage_updates(reports: Path | None = None) -> list[tuple[Path, str, str]]:
-    """(README path, old text, new text) for every stage that keeps measured sections in its README."""
+def stage_figure_modules() -> list[tuple[str, Any]]:
+    """(package, its figures module) for every stage that has one."""
     import importlib
 
-    reports = reports or paths.reports_dir()
-    updates = []
+    found = []
     for package in STAGE_PACKAGES:
         try:
-            module = importlib.import_module(f"{package}.figures")
+            found.append((package, importlib.import_module(f"{package}.figures")))
         except ModuleNotFoundError:
             continue
+    return found
+
+
+def stage_updates(reports: Path | None = None) -> list[tuple[Path, str, str]]:
+    """(README path, old text, new text) for every stage that keeps measured sections in its README."""
+    reports = reports or paths.reports_dir()
+    updates = []
+    for package, module in stage_figure_modules():
         readme = paths.REPO_ROOT / package / "README.md"
         old = new = readme.read_text(encoding="utf-8")
         for name, report_name, render in module.SECTIONS:
@@ -156,15 +163,9 @@ def stage_updates(reports: Path | None = None) -> list[tuple[Path, str, str]]:
 
 
 def copy_assets(reports: Path | None = None) -> list[Path]:
-    import importlib
-
     reports = reports or paths.reports_dir()
     copied = []
-    for package in STAGE_PACKAGES:
-        try:
-            module = importlib.import_module(f"{package}.figures")
-        except ModuleNotFoundError:
-            continue
+    for package, module in stage_figure_modules():
         for name in getattr(module, "ASSETS", []):
             source = reports / name
             if source.is_file():

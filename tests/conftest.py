@@ -126,3 +126,28 @@ def tiny_llama():
     model = LlamaForCausalLM(config).eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_llama, tmp_path_factory):
+    """The tiny random Llama saved as a model directory (config.json, model.safetensors, tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama[0].save_pretrained(path)
+    tiny_llama[1].save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_scratch(tiny_dir, tiny_llama):
+    """(stage 1's hand-written model, tokenizer) on the tiny random weights."""
+    from stage1_foundations.model import ScratchLlama
+
+    return ScratchLlama.from_pretrained(tiny_dir), tiny_llama[1]
+
+
+@pytest.fixture(scope="session")
+def real_scratch(chat_model):
+    """(stage 1's hand-written model, tokenizer) on SmolLM2-135M-Instruct's real weights."""
+    from stage1_foundations.model import ScratchLlama
+
+    return ScratchLlama.from_pretrained(chat_model.path), chat_model.tokenizer

@@ -56,13 +56,7 @@ def test_a_stage_section_is_replaced_between_its_markers():
 
 
 def test_every_stage_section_named_in_a_figures_module_is_in_its_readme():
-    import importlib
-
-    for package in figures.STAGE_PACKAGES:
-        try:
-            module = importlib.import_module(f"{package}.figures")
-        except ModuleNotFoundError:
-            continue
+    for package, module in figures.stage_figure_modules():
         readme = (paths.REPO_ROOT / package / "README.md").read_text()
         for name, _, _ in module.SECTIONS:
             assert f"<!-- {name}:start -->" in readme and f"<!-- {name}:end -->" in readme, (package, name)

@@ -1,5 +1,5 @@
-"""Stage 1 fixtures: the real model (shared, loaded once), the tiny random one (tests/conftest.py),
-and each of them again as the hand-written model of model.py, loaded from the same safetensors."""
+"""Stage 1 fixtures: the real model (shared, loaded once), the tiny random one and its hand-written
+twin, and the real one as the hand-written model of model.py (`real_scratch`), all in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -20,27 +20,3 @@ def tokenizer(tiny_llama):
 @pytest.fixture(scope="session")
 def tiny(tiny_llama):
     return tiny_llama
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tiny_llama, tmp_path_factory):
-    """The tiny random Llama saved as a checkpoint directory (config.json + model.safetensors)."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama[0].save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def tiny_scratch(tiny_dir, tiny_llama):
-    """(hand-written model, tokenizer) on the tiny random weights."""
-    from stage1_foundations.model import ScratchLlama
-
-    return ScratchLlama.from_pretrained(tiny_dir), tiny_llama[1]
-
-
-@pytest.fixture(scope="session")
-def real_scratch(chat_model):
-    """(hand-written model, tokenizer) on SmolLM2-135M-Instruct's real weights."""
-    from stage1_foundations.model import ScratchLlama
-
-    return ScratchLlama.from_pretrained(chat_model.path), chat_model.tokenizer

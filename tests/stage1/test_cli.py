@@ -167,8 +167,12 @@ def test_parity_measures_the_tiny_model_and_the_readme_renders_it(tiny_dir, tiny
     from stage1_foundations.parity import measure
 
     model, tokenizer = tiny_scratch
-    report = measure(tiny_dir, model, tokenizer, new_tokens=4, chat_prompts=["hi", "What is 2+2?", "Name a color."])
-    assert all(r["max_abs_diff_vs_eager"] < 1e-5 and r["max_abs_diff_vs_sdpa"] < 1e-5 for r in report["logits"])
+    report = measure(
+        tiny_dir, model, tokenizer, new_tokens=4, chat_prompts=["hi", "What is 2+2?", "Name a color."]
+    )
+    assert all(
+        r["max_abs_diff_vs_eager"] < 1e-5 and r["max_abs_diff_vs_sdpa"] < 1e-5 for r in report["logits"]
+    )
     assert report["greedy"]["same_cached"] == report["greedy"]["prompts"] == 3
     assert all(b["different"] == 0 and b["rows"] == 3 for b in report["batch"])
     assert "| 700 tokens of the Python reference | 700 |" in figures.parity(report)
