@@ -81,6 +81,7 @@ class RequestResult:
     completion_tokens: int = 0
     prompt_tokens: int = 0
     error: str = ""
+    text: str = ""  # the streamed reply, joined
 
     @property
     def ttft(self) -> float | None:
@@ -112,12 +113,17 @@ def summarise(concurrency: int, results: list[RequestResult], wall_s: float) -> 
     }  # fmt: skip
 
 
-async def one_request(client: Any, model: str, prompt: str, max_tokens: int) -> RequestResult:
+async def one_request(
+    client: Any, model: str, prompt: str, max_tokens: int, system: str | None = None
+) -> RequestResult:
     start = time.perf_counter()
     result = RequestResult(ok=False, start=start, end=start)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}
+    ]
     try:
         stream = await client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0.0,
+            model=model, messages=messages, max_tokens=max_tokens, temperature=0.0,
             stream=True, stream_options={"include_usage": True},
         )  # fmt: skip
         async for chunk in stream:
@@ -126,6 +132,7 @@ async def one_request(client: Any, model: str, prompt: str, max_tokens: int) -> 
                 if result.first_token is None:
                     result.first_token = now
                 result.chunk_times.append(now)
+                result.text += chunk.choices[0].delta.content
             if chunk.usage:
                 result.completion_tokens = chunk.usage.completion_tokens
                 result.prompt_tokens = chunk.usage.prompt_tokens
@@ -137,8 +144,8 @@ async def one_request(client: Any, model: str, prompt: str, max_tokens: int) -> 
 
 
 async def run_level(base_url: str, model: str, prompts: Sequence[str], concurrency: int, requests: int,
-                    max_tokens: int, api_key: str | None = None,
-                    on_done: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
+                    max_tokens: int, api_key: str | None = None, on_done: Callable[[], None] | None = None,
+                    system: str | None = None, texts: dict[int, str] | None = None) -> dict[str, Any]:  # fmt: skip
     import openai
 
     client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=300)
@@ -148,7 +155,10 @@ async def run_level(base_url: str, model: str, prompts: Sequence[str], concurren
     async def user() -> None:
         while queue:
             index = queue.pop()
-            results.append(await one_request(client, model, prompts[index % len(prompts)], max_tokens))
+            result = await one_request(client, model, prompts[index % len(prompts)], max_tokens, system)
+            results.append(result)
+            if texts is not None:  # the replies, by request index (to compare two servers' outputs)
+                texts[index] = result.text
             if on_done:
                 on_done()
 
@@ -161,12 +171,17 @@ async def run_level(base_url: str, model: str, prompts: Sequence[str], concurren
 
 def sweep(base_url: str, model: str, levels: Sequence[int], requests: int, max_tokens: int = 64,
           api_key: str | None = None, prompts: Sequence[str] | None = None,
-          on_done: Callable[[], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+          on_done: Callable[[], None] | None = None, system: str | None = None,
+          texts: dict[int, str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """One level per concurrency; `system` is sent with every request; `texts`, if given, collects the
+    replies of the last level by request index."""
     prompts = list(prompts or load_prompts())
     # one request first so that no level pays for the server's first-request warm-up
-    asyncio.run(run_level(base_url, model, prompts, 1, 1, 8, api_key))
+    asyncio.run(run_level(base_url, model, prompts, 1, 1, 8, api_key, system=system))
     return [
-        asyncio.run(run_level(base_url, model, prompts, c, requests, max_tokens, api_key, on_done))
+        asyncio.run(
+            run_level(base_url, model, prompts, c, requests, max_tokens, api_key, on_done, system, texts)
+        )
         for c in levels
     ]
 

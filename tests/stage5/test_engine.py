@@ -157,7 +157,7 @@ def test_real_model_under_concurrency(real_scratch):
                                              return_dict=False) for q in questions]  # fmt: skip
     for config in (
         EngineConfig(num_blocks=40, num_speculative_tokens=3),
-        EngineConfig(num_blocks=14, enable_prefix_caching=False),
+        EngineConfig(num_blocks=10, enable_prefix_caching=False),
     ):
         engine = LLMEngine(model, config, [tokenizer.eos_token_id])
         outputs = run(engine, prompts, arrivals=[0, 0, 2, 5, 5, 9], max_tokens=24)
