@@ -8,7 +8,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-PHOENIX_VERSION ?= 20.26.1
 # torch's CPU build (2.13.0+cpu) is not on PyPI itself. On a machine whose pip is not already
 # configured to find it, point pip at PyTorch's CPU wheel index:
 #   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -20,7 +19,7 @@ PIP_TORCH := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 LOCK_HASH := $(shell cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(LOCK_HASH)
 
-.PHONY: help setup models demo test stage1 stage2 stage3 stage4 stage5 bench lint format doctor phoenix exercise grade progress figures \
+.PHONY: help setup models demo test stage1 stage2 stage3 stage4 stage5 bench lint format doctor phoenix phoenix-venv exercise grade progress figures \
         lock clean clean-venv reset-cache
 
 help:
@@ -34,7 +33,7 @@ help:
 	@echo "make progress  tests passed and exercises done per stage, and the next command"
 	@echo "make figures   rewrite the README's measured figures from reports/*.json"
 	@echo "make doctor    check the environment and say what to fix"
-	@echo "make phoenix   optional: Arize Phoenix in its own venv, to browse stage 5's traces"
+	@echo "make phoenix   Arize Phoenix (its own venv) on 127.0.0.1:6006, to browse stage 5's traces"
 	@echo "make lint      ruff check + format check"
 	@echo "make lock      re-resolve requirements/base.in into requirements/lock.txt"
 	@echo "make clean     remove reports/, artifacts/ and Python caches (keeps venv and models)"
@@ -70,7 +69,8 @@ demo: setup
 	@echo "== stage 5: vLLM serving concurrent users; cost, one trace, a tiny Ragas eval; then it stops" >&2
 	$(PY) -m stage5_serving_ops demo
 
-test: setup
+# The suite includes the Phoenix round trip, so CI installs Phoenix's venv too.
+test: setup phoenix-venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 stage1 stage2 stage3 stage4 stage5: setup
@@ -91,12 +91,19 @@ bench: setup
 figures: setup
 	@$(PY) -m shared.figures
 
-# Optional: Arize Phoenix, in its own venv (its fastapi pin conflicts with vLLM's), on 127.0.0.1:6006.
-# Then: python -m stage5_serving_ops demo --otlp http://127.0.0.1:6006/v1/traces
+# Arize Phoenix, in its own venv (its fastapi pin conflicts with vLLM's), pinned by its own lock;
+# `make phoenix` serves it on 127.0.0.1:6006. Then:
+#   python -m stage5_serving_ops demo --otlp http://127.0.0.1:6006/v1/traces
 PHOENIX_VENV ?= .venv-phoenix
-phoenix:
-	@test -x $(PHOENIX_VENV)/bin/phoenix || ($(PYTHON) -m venv $(PHOENIX_VENV) && \
-	  $(PHOENIX_VENV)/bin/pip install --quiet "arize-phoenix==$(PHOENIX_VERSION)")
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed-$(shell sha256sum requirements/phoenix-lock.txt | cut -c1-16)
+phoenix-venv: $(PHOENIX_STAMP)
+$(PHOENIX_STAMP): requirements/phoenix-lock.txt
+	@test -x $(PHOENIX_VENV)/bin/python || $(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/pip install --quiet --no-deps -r requirements/phoenix-lock.txt
+	@rm -f $(PHOENIX_VENV)/.installed-*
+	@touch $@
+
+phoenix: phoenix-venv
 	PHOENIX_HOST=127.0.0.1 $(PHOENIX_VENV)/bin/phoenix serve
 
 # Exercise mode: a learner workspace with the core mechanisms cut out, graded by the stage's tests.
@@ -139,7 +146,7 @@ clean:
 	find . -name __pycache__ -type d -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(PHOENIX_VENV)
 
 reset-cache:
 	rm -rf "$${LLM_ROADMAP_HOME:-$$HOME/.cache/llm-roadmap}"

@@ -8,10 +8,11 @@ counts), or whether the model alone went astray, and how long each part took.
 We record spans with OpenTelemetry (the vendor-neutral standard) and name the attributes in the
 OpenInference convention that LLM observability tools (Arize Phoenix among them) understand:
 
-    openinference.span.kind   LLM | RETRIEVER | CHAIN
+    openinference.span.kind   LLM | RETRIEVER | TOOL | CHAIN
     llm.model_name, llm.token_count.prompt / completion / total, llm.invocation_parameters
     input.value, output.value
     retrieval.documents.N.document.id / .score
+    tool.name, tool.parameters
 
 Spans go to a local JSONL file (`artifacts/stage5/traces.jsonl`): no server needed, `traces` prints
 them as trees. To browse them in Phoenix instead, start it in its own environment (`make phoenix`)
@@ -75,7 +76,10 @@ class Tracing:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
         self.path = Path(path or default_trace_path())
-        self.provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        self.service = service
+        # Phoenix files spans under the project their resource names (its "default" otherwise)
+        self.provider = TracerProvider(resource=Resource.create({"service.name": service,
+                                                                 "openinference.project.name": service}))  # fmt: skip
         self.provider.add_span_processor(SimpleSpanProcessor(make_exporter(self.path)))
         endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         if endpoint:
@@ -123,6 +127,22 @@ class Tracing:
                 span.set_attribute(f"retrieval.documents.{i}.document.id", str(doc_id))
                 span.set_attribute(f"retrieval.documents.{i}.document.score", float(score))
             return found
+
+    def tool(self, name: str, function: Callable[..., Any], arguments: dict[str, Any]) -> Any:
+        """`function(**arguments)` inside a TOOL span carrying the tool's name, arguments and result."""
+        from opentelemetry.trace import Status, StatusCode
+
+        with self.span(name, "TOOL", **{"tool.name": name, "tool.parameters": json.dumps(arguments),
+                                        "input.value": json.dumps(arguments)}) as span:  # fmt: skip
+            try:
+                result = function(**arguments)
+            except Exception as e:
+                span.set_status(Status(StatusCode.ERROR, str(e)[:200]))
+                raise
+            span.set_attribute(
+                "output.value", json.dumps(result, default=str) if not isinstance(result, str) else result
+            )
+            return result
 
     def shutdown(self) -> None:
         self.provider.shutdown()
