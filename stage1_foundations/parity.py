@@ -55,13 +55,22 @@ def _hf_greedy(model: Any, tokenizer: Any, ids: list[int], n: int) -> list[int]:
     return new[:-1] if new and new[-1] == tokenizer.eos_token_id else new
 
 
-def row_agreement(model: Any, prompt: list[int], batched: list[int], alone: list[int]) -> str:
-    """'same', 'near-tie' (differs first where two logits were within NEAR_TIE) or 'different'."""
+def row_agreement(
+    model: Any, prompt: list[int], batched: list[int], alone: list[int], eos_id: int | None = None
+) -> str:
+    """'same', 'near-tie' (differs first where two logits were within NEAR_TIE) or 'different'.
+
+    A row that stopped earlier than the other differs where it chose `eos_id`: that too is a choice
+    between two logits, and a near tie between EOS and the other token is a near tie like any other.
+    """
     if batched == alone:
         return "same"
     k = next((i for i, (a, b) in enumerate(zip(batched, alone, strict=False)) if a != b), None)
-    if k is None:
-        return "different"  # one is a prefix of the other: a stop at a different step
+    if k is None:  # one is a prefix of the other: a stop at a different step
+        if eos_id is None:
+            return "different"
+        k = min(len(batched), len(alone))
+        batched, alone = (row if len(row) > k else [*row, eos_id] for row in (batched, alone))
     logits = forward_full(model, torch.tensor([prompt + alone[:k]]))[0]
     return "near-tie" if abs((logits[alone[k]] - logits[batched[k]]).item()) < NEAR_TIE else "different"
 
@@ -112,7 +121,8 @@ def measure(hf_path: Path, scratch: Any, tokenizer: Any, new_tokens: int = 32, c
         step(f"batch of {len(prompts)}: {engine}")
         config = DecodeConfig(max_new_tokens=new_tokens)
         rows = decode_batch(model, tokenizer, prompts, config)
-        outcome = [row_agreement(model, p, r.token_ids, generate(model, tokenizer, p, config).token_ids)
+        outcome = [row_agreement(model, p, r.token_ids, generate(model, tokenizer, p, config).token_ids,
+                                 tokenizer.eos_token_id)
                    for p, r in zip(prompts, rows, strict=True)]  # fmt: skip
         batches.append(
             {

@@ -57,6 +57,7 @@ def test_rows_finish_on_their_own_stop_strings(tiny):
     assert rows[1].finish_reason == "length" and rows[1].token_ids == free[1].token_ids
 
 
+@pytest.mark.exercise("stage1.rope", "stage1.gqa_attention", "stage1.static_cache", "stage1.top_p")
 def test_seeded_sampling_is_reproducible_and_an_empty_batch_is_refused(tiny_scratch):
     from stage1_foundations.sampling import SamplingConfig
 

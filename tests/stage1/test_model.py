@@ -110,6 +110,7 @@ def test_tiny_left_padded_batch_equals_each_row_alone(tiny, tiny_scratch):
     ],
     ids=["mha", "mqa", "bias", "untied", "rope-linear", "rope-llama3"],
 )
+@pytest.mark.exercise("stage1.rmsnorm", "stage1.rope", "stage1.gqa_attention")
 def test_config_variants_equal_transformers(tmp_path, overrides):
     reference, ours = tiny_pair(tmp_path, **overrides)
     ids = random_ids(2, 200, 300, seed=2)  # long enough for the llama3 scaling's bands to matter
@@ -235,6 +236,7 @@ BREAKS = {
 }  # fmt: skip
 
 
+@pytest.mark.exercise("stage1.rmsnorm", "stage1.rope", "stage1.gqa_attention")
 @pytest.mark.parametrize("name", list(BREAKS))
 def test_the_logit_check_catches_a_broken_mechanism(tiny, tiny_scratch, monkeypatch, name):
     attribute, broken = BREAKS[name]

@@ -91,6 +91,7 @@ def test_prefix_cache_hits_skip_prefill_work(tiny_scratch):
     assert_each_as_alone(model, tokenizer, prompts, outputs, 4)
 
 
+@pytest.mark.exercise("stage5.scheduler_step", "stage5.block_allocation")
 def test_abort_frees_blocks_and_a_request_too_big_is_refused(tiny_scratch):
     model, tokenizer = tiny_scratch
     engine = LLMEngine(model, EngineConfig(num_blocks=16, block_size=4, max_model_len=256))
