@@ -105,7 +105,9 @@ def plot(report: dict[str, Any], path: Any) -> Any:
     ax.legend(fontsize=8, loc="upper right")
     title = "calibration: does each metric separate good answers from bad ones?"
     if report.get("judge"):
-        title += f"\njudge {report['judge']['model']}: parse rate {report['judge']['parse_rate']:.0%}"
+        judge = report["judge"]
+        source = judge.get("provenance", {}).get("source", "")
+        title += f"\njudge {judge['model']} ({source}): parse rate {judge['parse_rate']:.0%}"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     paths.atomic_savefig(fig, path, dpi=110)

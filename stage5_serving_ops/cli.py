@@ -317,8 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="exit 1 unless the default passes and every regression fails"
     )
-    p.add_argument("--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)")
-    p.add_argument("--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)")
+    p.add_argument(
+        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
+    )
+    p.add_argument(
+        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
+    )
     add_report_options(p)
     p.set_defaults(handler=cmd_regressions)
 

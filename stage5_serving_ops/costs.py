@@ -44,6 +44,7 @@ import threading
 import time
 import tomllib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,25 @@ class BudgetGuard:
             raise ValueError("this reservation was already settled or released")
         reservation.open = False
         self.reserved_usd -= reservation.worst_usd
+
+
+def prompt_token_counter(model: str) -> Callable[[list[dict[str, str]]], int]:
+    """messages -> the number of prompt tokens the server will bill, counted before sending with the
+    model's own tokenizer and chat template (the server renders the same template): what `reserve`
+    needs to hold a true worst case."""
+    from transformers import AutoTokenizer
+
+    from shared.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(model, kind="chat"))
+
+    def count(messages: list[dict[str, str]]) -> int:
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return len(encoded["input_ids"])
+
+    return count
 
 
 def price_rows(prices: dict[str, Price]) -> list[tuple[str, str, str, str]]:

@@ -24,22 +24,17 @@ ONE_USER_REQUESTS = 4  # the first prompts, one after another
 RAG_QUESTIONS = 3
 
 
-def prompt_counter(model: str) -> Any:
-    """messages -> the exact number of prompt tokens the server will count (the same chat template)."""
-    from transformers import AutoTokenizer
-
-    from shared.models import resolve
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve(model, kind="chat"))
-    return lambda messages: len(
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    )
-
-
 def run_demo(args: argparse.Namespace) -> int:
     from shared.chat import OpenAIChatModel
     from stage5_serving_ops.bench import load_prompts
-    from stage5_serving_ops.costs import BudgetGuard, Ledger, load_prices, price_for, summarise
+    from stage5_serving_ops.costs import (
+        BudgetGuard,
+        Ledger,
+        load_prices,
+        price_for,
+        prompt_token_counter,
+        summarise,
+    )
     from stage5_serving_ops.dataset import load_dataset
     from stage5_serving_ops.gate import gate, load_baseline, load_thresholds
     from stage5_serving_ops.launch import running_server, server_config
@@ -52,7 +47,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise BadInput(f"--requests must be at least 1, got {args.requests}")
     prices = load_prices()
     prepare(DEFAULT, args.model)  # stage 3's index, built before the server takes a core
-    count_tokens = prompt_counter(args.model)
+    count_tokens = prompt_token_counter(args.model)
     tracing = Tracing(otlp_endpoint=args.otlp)
     guard = BudgetGuard(BUDGET_USD, Ledger())
     recorded: list[dict[str, Any]] = []
@@ -108,6 +103,9 @@ def run_demo(args: argparse.Namespace) -> int:
                [(name, int(r["requests"]), int(r["prompt_tokens"]), int(r["completion_tokens"]),
                  f"{r['usd_per_request']:.8f}") for name, r in summary["by_route"].items()]))  # fmt: skip
     console.print(f"price: {price.source}; model: {provenance(args.model)['label']}")
+    over = [e for e in recorded if e.get("over_reservation_usd")]
+    console.print(f"budget guard: {len(recorded)} requests reserved before sending and settled after; "
+                  + (f"[red]{len(over)} cost more than reserved[/red]" if over else "none cost more than reserved"))  # fmt: skip
     traces = list(read_traces(tracing.path).values())
     show(render_tree(traces[-2] if len(traces) > 1 else traces[-1]))  # the last chat request's trace
 

@@ -52,14 +52,46 @@ def _show_result(result: dict[str, Any], thresholds: dict[str, Any], title: str)
             console.print(f"[dim]{name}: {why}[/dim]")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def _score_pipeline(
+    args: argparse.Namespace, split: str, limit: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run stage 3 through a server (ours, or the one at --base-url), score its records; (result, source)."""
     from stage5_serving_ops.dataset import load_dataset
-    from stage5_serving_ops.gate import gate, load_baseline, write_report
     from stage5_serving_ops.launch import running_server, server_config
     from stage5_serving_ops.pipeline import DEFAULT, VARIANTS, export, prepare, records_path
     from stage5_serving_ops.provenance import served_provenance
     from stage5_serving_ops.ragas_metrics import evaluate_set
     from stage5_serving_ops.server import served_model
+
+    variant = VARIANTS[args.regression] if args.regression else DEFAULT
+    index = Path(args.index) if args.index else None
+    model = args.model if args.base_url else prepare(variant, args.model, index)
+    context = nullcontext(None) if args.base_url else running_server(server_config(args, port=0, model=model))
+    with context as server:
+        base_url = args.base_url or server.base_url
+        served = args.served_name or (served_model(base_url, args.api_key) if args.base_url
+                                      else server.config.served_name)  # fmt: skip
+        out = Path(args.records) if args.records else records_path(variant)
+        with progress(transient=True) as bar:
+            bar.add_task(f"stage 3 answering {limit or 'all'} {split} questions through {base_url} ({variant.name})",
+                         total=None)  # fmt: skip
+            export(variant, out, base_url, served, args.api_key, split, limit, index)
+        records = load_dataset(out)
+        judge = _judge(args, base_url, served) if args.judge else None
+        with progress(transient=True) as bar:
+            bar.add_task(
+                f"Ragas on {len(records)} records" + (" with the judge" if judge else ""), total=None
+            )
+            result = evaluate_set(records, judge)
+        served_as = server.engine_dtype() if server else None
+    return result, {"records": str(out), "variant": variant.name, "what": variant.what,
+                    "model": served_provenance(model, args.base_url), "served_as": served_as}  # fmt: skip
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from stage5_serving_ops.dataset import load_dataset
+    from stage5_serving_ops.gate import gate, load_baseline, write_report
+    from stage5_serving_ops.ragas_metrics import evaluate_set
 
     thresholds = _thresholds(args)
     baseline = thresholds.get("baseline", {})
@@ -70,40 +102,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.dataset:
         if args.regression:
             raise BadInput("--regression runs the pipeline; it cannot be combined with --dataset")
-        records = load_dataset(Path(args.dataset))
-        where = {"records": args.dataset, "model": None}
-        judge = _judge(args, args.base_url, args.served_name) if args.judge and args.base_url else None
         if args.judge and not args.base_url:
             raise BadInput("--judge with --dataset needs --base-url (the judge's server)")
+        records = load_dataset(Path(args.dataset))
+        judge = _judge(args, args.base_url, args.served_name) if args.judge else None
         with progress(transient=True) as bar:
             bar.add_task(f"Ragas on {len(records)} records", total=None)
             result = evaluate_set(records, judge)
+        where: dict[str, Any] = {"records": args.dataset, "model": None}
     else:
-        variant = VARIANTS[args.regression] if args.regression else DEFAULT
-        index = Path(args.index) if args.index else None
-        model = args.model if args.base_url else prepare(variant, args.model, index)
-        context = (
-            nullcontext(None) if args.base_url else running_server(server_config(args, port=0, model=model))
-        )
-        with context as server:
-            base_url = args.base_url or server.base_url
-            served = args.served_name or (served_model(base_url, args.api_key) if args.base_url
-                                          else server.config.served_name)  # fmt: skip
-            out = Path(args.records) if args.records else records_path(variant)
-            with progress(transient=True) as bar:
-                bar.add_task(f"stage 3 answering {limit or 'all'} {split} questions through {base_url} "
-                             f"({variant.name})", total=None)  # fmt: skip
-                export(variant, out, base_url, served, args.api_key, split, limit, index)
-            records = load_dataset(out)
-            judge = _judge(args, base_url, served) if args.judge else None
-            with progress(transient=True) as bar:
-                bar.add_task(
-                    f"Ragas on {len(records)} records" + (" with the judge" if judge else ""), total=None
-                )
-                result = evaluate_set(records, judge)
-            served_as = server.engine_dtype() if server else None
-        where = {"records": str(out), "variant": variant.name, "what": variant.what,
-                 "model": served_provenance(model, args.base_url), "served_as": served_as}  # fmt: skip
+        result, where = _score_pipeline(args, split, limit)
     failures = gate(
         result, thresholds, load_baseline(Path(args.baseline)) if args.baseline else load_baseline()
     )

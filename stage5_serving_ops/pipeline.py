@@ -188,8 +188,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(metric.replace("non_llm_", "").replace("_with_reference", ""), fontsize=9)
-    fig.suptitle(f"the gate on {report['n']} questions: default pipeline against each regression "
-                 "(dashed: threshold)", fontsize=10)  # fmt: skip
+    fig.suptitle(f"the gate on {report['n']} questions, {report['model']['model']} ({report['model']['source']}): "
+                 "default pipeline against each regression (dashed: threshold)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     paths.atomic_savefig(fig, path, dpi=110)
     return path

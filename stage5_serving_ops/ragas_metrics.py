@@ -21,9 +21,9 @@ similarity and a threshold (0.5). Its default similarity, Levenshtein over the w
 on real retrieval: a 700-character chunk of a 9,000-character reference topic is 92% *missing* from
 the other string and scores ~0.1, although it is exactly the right passage. So the context metrics
 here use **containment**: rapidfuzz's `partial_ratio`, the similarity of the shorter text to its
-best-aligned window in the longer one. A chunk cut from the reference scores 1.0; measured on stage
-3's exports, chunks from other topics scored at most 0.57, and the threshold is CONTAINMENT_MATCH =
-0.8 between the two.
+best-aligned window in the longer one. A chunk cut from the reference scores 1.0; on stage 3's
+exports, chunks from other topics scored below 0.6, a few chunks that overlap a topic in part fell
+between, and the threshold is CONTAINMENT_MATCH = 0.8.
 
 A *reference-free* metric judges against the question and the contexts alone, as in production,
 where no one wrote a reference:

@@ -58,7 +58,9 @@ def test_a_consistent_drop_fails_the_paired_test_while_the_mean_clears_its_floor
                 "failed": {}, "skipped": {}}  # fmt: skip
 
     entries = gate.thresholds_from_baseline(run(base))
-    rules = thresholds({"semantic_similarity": {"min": entries["semantic_similarity"]["min"], "required": True}})
+    rules = thresholds(
+        {"semantic_similarity": {"min": entries["semantic_similarity"]["min"], "required": True}}
+    )
     path = gate.write_baseline(run(base), {"split": "test"}, tmp_path / "baseline.json")
     baseline = gate.load_baseline(path)
     worse = run({q: v - 0.05 for q, v in base.items()})
@@ -68,7 +70,9 @@ def test_a_consistent_drop_fails_the_paired_test_while_the_mean_clears_its_floor
     noisy = run({q: v + (0.05 if i % 4 < 2 else -0.05) for i, (q, v) in enumerate(base.items())})
     assert gate.gate(noisy, rules, baseline) == [], "ups and downs that cancel are no regression"
     tiny = run({q: v - 0.01 for q, v in base.items()})
-    assert gate.gate(tiny, rules, baseline) == [], f"a drop under MIN_DROP ({gate.MIN_DROP}) is not a regression"
+    assert gate.gate(tiny, rules, baseline) == [], (
+        f"a drop under MIN_DROP ({gate.MIN_DROP}) is not a regression"
+    )
     few = run({q: v - 0.05 for q, v in list(base.items())[: gate.MIN_PAIRS - 1]})
     assert gate.gate(few, rules, baseline) == [], "too few questions in common for a paired test"
     assert gate.load_baseline(tmp_path / "none.json") is None

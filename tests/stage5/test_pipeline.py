@@ -23,7 +23,10 @@ def test_each_regression_is_a_flag_and_no_command_line_holds_a_key(tmp_path):
     assert default[default.index("export-eval") :][:4] == ["export-eval", str(out), "--split", "test"]
     bm25 = pipeline.export_command(pipeline.VARIANTS["bm25-only"], out, url, "m")
     assert bm25[-2:] == ["--mode", "bm25"] and "--limit" not in bm25, "the whole split by default"
-    assert pipeline.export_command(pipeline.VARIANTS["reflection-off"], out, url, "m")[-2:] == ["--max-rounds", "1"]
+    assert pipeline.export_command(pipeline.VARIANTS["reflection-off"], out, url, "m")[-2:] == [
+        "--max-rounds",
+        "1",
+    ]
     fixed = pipeline.export_command(pipeline.VARIANTS["fixed-chunks"], out, url, "m", index=tmp_path)
     assert Path(fixed[fixed.index("--index") + 1]).name == "stage3-index-fixed"
     assert (

@@ -91,6 +91,16 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(client):
 
 
 @pytest.mark.server
+def test_the_prompt_is_counted_before_sending_as_the_server_bills_it(client):
+    from stage5_serving_ops.costs import prompt_token_counter
+
+    count = prompt_token_counter("smollm2-135m-instruct")
+    for messages in (FRANCE, [{"role": "system", "content": "Be brief."}, *FRANCE]):
+        reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=1)
+        assert count(messages) == reply.usage.prompt_tokens
+
+
+@pytest.mark.server
 def test_the_key_is_in_no_process_command_line(vllm_server):
     """Every process of the server's group (watchdog, API server, engine, workers): the key is not in
     /proc/PID/cmdline, which any local user can read; the API server has it in its environment."""
