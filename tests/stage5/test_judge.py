@@ -118,7 +118,7 @@ def test_an_unreachable_or_wrong_judge_is_work_failed(fake_judge):
 @pytest.mark.server
 def test_the_served_judge_parses_every_reply_under_the_schema(vllm_server):
     judge = StructuredJudge(vllm_server.base_url, vllm_server.config.served_name, API_KEY)
-    report = calibration.calibrate(judge, records=dataset.load_dataset()[:2])
+    report = calibration.calibrate(judge, records=dataset.load_dataset()[:3])
     stats = report["judge"]
     assert stats["calls"] >= 8 and stats["parse_rate"] == 1.0 and stats["failures"] == {}
     for name in ("faithfulness", "answer_relevancy"):
