@@ -66,7 +66,7 @@ demo: setup
 	$(PY) -m stage4_finetune_align curate stage4_finetune_align/data/noisy_pairs.jsonl artifacts/stage4/demo_clean.jsonl
 	$(PY) -m stage4_finetune_align train --steps 8 --out artifacts/stage4/demo
 	$(PY) -m stage4_finetune_align compare "Does my plan include hotspot/tethering?" --adapter artifacts/stage4/demo/adapter
-	@echo "== stage 5: vLLM serving concurrent users; cost, one trace, a tiny Ragas eval; then it stops" >&2
+	@echo "== stage 5: vLLM serving 1 and 8 users; cost, one trace, stage 3 answering through it, Ragas; then it stops" >&2
 	$(PY) -m stage5_serving_ops demo
 
 # The suite includes the Phoenix round trip, so CI installs Phoenix's venv too.
@@ -86,6 +86,8 @@ bench: setup
 	$(PY) -m stage4_finetune_align bench
 	$(PY) -m stage5_serving_ops bench
 	$(PY) -m stage5_serving_ops quantize
+	$(PY) -m stage5_serving_ops calibrate
+	$(PY) -m stage5_serving_ops regressions
 	$(PY) -m shared.figures
 
 figures: setup

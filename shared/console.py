@@ -1,6 +1,6 @@
 """Console output shared by every command of the course.
 
-The contract (see DESIGN.md): machine-readable output (`--json`) goes to stdout and nothing else
+The contract every command keeps: machine-readable output (`--json`) goes to stdout and nothing else
 does; logs, tables meant for eyes, and progress bars go to stderr. Exit codes: 0 success, 1 the
 work failed, 2 bad usage or bad input, always with one clear line and never a traceback.
 

@@ -83,6 +83,23 @@ def stage5_quant(r: dict[str, Any]) -> str:
     )
 
 
+def stage5_gate(r: dict[str, Any]) -> str:
+    verdicts = ", ".join(
+        f"{name} {'passes' if run['gate']['passed'] else 'fails'}" for name, run in r["runs"].items()
+    )
+    return f"eval gate on {r['n']} of stage 3's answers served by vLLM: {verdicts}"
+
+
+def stage5_calibration(r: dict[str, Any]) -> str:
+    rows = {row["metric"]: row for row in r["rows"]}
+    text = "calibration agreement (good vs bad): " + ", ".join(
+        f"{name.replace('non_llm_', '').replace('_with_reference', '')} {row['agreement']:.2f}"
+        for name, row in rows.items() if row["agreement"] is not None)  # fmt: skip
+    if r.get("judge"):
+        text += f"; judge parse rate {r['judge']['parse_rate']:.0%}"
+    return text
+
+
 SOURCES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("1", "stage1_decode.json", stage1),
     ("2", "stage2_tools.json", stage2),
@@ -90,6 +107,8 @@ SOURCES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("4", "stage4_train.json", stage4),
     ("5", "stage5_serving.json", stage5),
     ("5", "stage5_quantization.json", stage5_quant),
+    ("5", "stage5_calibration.json", stage5_calibration),
+    ("5", "stage5_gate.json", stage5_gate),
 ]
 
 

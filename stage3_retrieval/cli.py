@@ -138,7 +138,7 @@ def build_rag(args: argparse.Namespace) -> Any:
     index = open_index(args)
     chat_model = open_chat_model(args.model, args.base_url, args.api_key)
     return SelfReflectiveRAG(Retriever(index), chat_model, SemanticRouter(index=index),
-                             max_rounds=args.max_rounds)  # fmt: skip
+                             max_rounds=args.max_rounds, mode=getattr(args, "mode", None))  # fmt: skip
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -313,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--split", choices=("dev", "test"), default="test")
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--mode", choices=MODES, default=None, help="retrieval mode (default: the tuned one)")
     add_model_flags(p)
     p.set_defaults(handler=cmd_export)
     return parser

@@ -191,13 +191,18 @@ def plot_modes(results: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 def export_records(rag: Any, rows: Sequence[dict[str, Any]], out: Path,
                    on_row: Callable[[], None] | None = None) -> int:  # fmt: skip
-    """JSONL records {question, contexts, answer, reference} of the RAG's answers, for stage 5's Ragas."""
+    """JSONL records {id, question, contexts, answer, reference, reference_contexts} of the RAG's answers, for
+    stage 5's Ragas; reference_contexts: the text of each relevant topic, from the index's chunks."""
     lines = []
+    chunks = sorted(rag.retriever.index.chunks.values(), key=lambda c: c.position)
     for row in rows:
         result = rag.ask(row["question"])
-        lines.append(json.dumps({"question": row["question"], "contexts": result.contexts, "answer": result.answer,
-                                 "reference": row.get("answer", ""), "relevant": row["relevant"],
-                                 "citations": result.citations}, ensure_ascii=False))  # fmt: skip
+        reference_contexts = ["\n\n".join(c.text for c in chunks if c.topic == topic and c.source == row["source"])
+                              for topic in row["relevant"]]  # fmt: skip
+        lines.append(json.dumps({"id": row["id"], "question": row["question"], "contexts": result.contexts,
+                                 "answer": result.answer, "reference": row.get("answer", ""),
+                                 "reference_contexts": [t for t in reference_contexts if t],
+                                 "relevant": row["relevant"], "citations": result.citations}, ensure_ascii=False))  # fmt: skip
         if on_row:
             on_row()
     paths.atomic_write_text(out, "\n".join(lines) + "\n")

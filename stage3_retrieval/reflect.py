@@ -87,7 +87,20 @@ class ModelJudge:
                 [torch.logsumexp(logits[[yes, big_yes]], 0), torch.logsumexp(logits[[no, big_no]], 0)]
             )
             return float(pair.softmax(0)[0])
-        reply = self.chat_model.chat(messages, max_tokens=3).text.strip().lower()  # a server: read the reply
+        client = getattr(self.chat_model, "client", None)
+        if client is not None and hasattr(client, "chat"):
+            # An OpenAI-compatible server: the same P(yes), from the first token's top log-probabilities
+            # (the reply text is rarely a bare "yes": SmolLM2 answered "The context contains ...").
+            import math
+
+            reply = client.chat.completions.create(model=self.chat_model.name, messages=messages, max_tokens=1,
+                                                   temperature=0.0, logprobs=True, top_logprobs=20)  # fmt: skip
+            content = reply.choices[0].logprobs.content if reply.choices[0].logprobs else None
+            top = content[0].top_logprobs if content else []
+            yes = sum(math.exp(t.logprob) for t in top if t.token.strip().lower() == "yes")
+            no = sum(math.exp(t.logprob) for t in top if t.token.strip().lower() == "no")
+            return yes / (yes + no) if yes + no > 0 else 0.0
+        reply = self.chat_model.chat(messages, max_tokens=3).text.strip().lower()  # any other backend
         return 1.0 if reply.startswith("yes") else 0.0
 
 

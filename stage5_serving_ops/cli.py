@@ -1,65 +1,49 @@
-"""Stage 5's commands: serve, bench, quantize, cost, traces, eval, demo.
+"""Stage 5's commands: serve, bench, quantize, cost, traces, eval, calibrate, regressions, demo.
 
-python -m stage5_serving_ops serve                                   # vLLM on 127.0.0.1:8000, Ctrl-C stops it
+python -m stage5_serving_ops serve                                   # vLLM on 127.0.0.1:8000; Ctrl-C, SIGTERM, SIGHUP stop it
 python -m stage5_serving_ops bench --base-url http://127.0.0.1:8000/v1 --concurrency 1,4,8
 python -m stage5_serving_ops bench                                   # starts and stops its own server
 python -m stage5_serving_ops quantize                                # fp32 / bf16 / int8 / nf4 / fp4 trade-off
 python -m stage5_serving_ops cost                                    # prices and spend per route and model
 python -m stage5_serving_ops traces --last 2
-python -m stage5_serving_ops eval                                    # Ragas metrics + thresholds gate
-python -m stage5_serving_ops demo                                    # serve, load, cost, trace, eval, stop
+python -m stage5_serving_ops eval                                    # stage 3's RAG through vLLM, Ragas, the gate
+python -m stage5_serving_ops calibrate                               # do the metrics and the judge tell good from bad?
+python -m stage5_serving_ops regressions                             # the gate against each regression
+python -m stage5_serving_ops demo                                    # serve, 1 and 8 users, cost, trace, eval, stop
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from shared.console import BadInput, WorkFailed, console, print_json, progress, run_cli, show, table
 from shared.models import DEFAULT_CHAT_MODEL
-
-
-def server_config(args: argparse.Namespace, port: int | None = None) -> Any:
-    from stage5_serving_ops.server import ServerConfig
-
-    return ServerConfig(model=args.model, host=getattr(args, "host", "127.0.0.1"),
-                        port=args.port if port is None else port, api_key=args.api_key,
-                        lora=getattr(args, "lora", None), kv_cache_gib=args.kv_cache_gib)  # fmt: skip
-
-
-def start_server(config: Any) -> Any:
-    from stage5_serving_ops.server import VLLMServer
-
-    server = VLLMServer(config)
-    with progress(transient=True) as bar:
-        task = bar.add_task(f"starting vLLM with {config.model} (log: {config.log_file})", total=None)
-        server.start(on_wait=lambda elapsed: bar.update(task, description=f"starting vLLM ({elapsed:.0f} s)"))
-    console.print(
-        f"vLLM ready in {server.started_s:.0f} s at {server.base_url} (model {config.served_name!r})"
-    )
-    return server
+from stage5_serving_ops.launch import add_server_options
+from stage5_serving_ops.pipeline import DEFAULT_LIMIT, REGRESSIONS, VARIANTS
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    server = start_server(server_config(args))
-    try:
-        print(server.base_url, flush=True)
-        console.print(f"log: {server.log_path}; Ctrl-C stops it")
-        while server.running():
-            time.sleep(1)
-        from stage5_serving_ops.server import log_tail
+    from stage5_serving_ops.launch import running_server, server_config
+    from stage5_serving_ops.server import log_tail
 
-        raise WorkFailed(
-            f"vLLM stopped unexpectedly; last lines of {server.log_path}:\n{log_tail(server.log_path)}"
-        )
-    except KeyboardInterrupt:
-        console.print("stopping vLLM")
+    try:
+        with running_server(server_config(args)) as server:
+            print(server.base_url, flush=True)
+            console.print(f"log: {server.log_path}; Ctrl-C, SIGTERM or SIGHUP stops it")
+            while server.running():
+                time.sleep(1)
+            raise WorkFailed(
+                f"vLLM stopped unexpectedly; last lines of {server.log_path}:\n{log_tail(server.log_path)}"
+            )
+    except KeyboardInterrupt as stop:  # Ctrl-C, or launch.Stopped for SIGTERM and SIGHUP
+        console.print(f"stopped vLLM ({getattr(stop, 'signal_name', 'Ctrl-C')})")
         return 0
-    finally:
-        server.stop()
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -71,14 +55,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         transformers_baseline,
         write_report,
     )
+    from stage5_serving_ops.launch import running_server, server_config
+    from stage5_serving_ops.provenance import served_provenance
     from stage5_serving_ops.server import on_gpu, served_model
 
     levels = parse_levels(args.concurrency)
     if args.requests < 1 or args.max_tokens < 1:
         raise BadInput("--requests and --max-tokens must be at least 1")
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
-    server = None if args.base_url else start_server(server_config(args, port=0))
-    try:
+    context = nullcontext(None) if args.base_url else running_server(server_config(args, port=0))
+    with context as server:
         base_url = args.base_url or server.base_url
         model = args.served_name or served_model(base_url, args.api_key)
         with progress() as bar:
@@ -88,12 +74,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             levels_report = sweep(base_url, model, levels, args.requests, args.max_tokens, args.api_key, prompts,
                                   on_done=lambda: bar.advance(task))  # fmt: skip
         server_start = server.started_s if server else None
-    finally:
-        if server:
-            server.stop()
-    report: dict[str, Any] = {"model": model, "device": "cuda" if on_gpu() else "cpu", "base_url": base_url,
+        served_as = server.engine_dtype() if server else None
+    report: dict[str, Any] = {"model": model, "provenance": served_provenance(args.model, args.base_url),
+                              "device": "cuda" if on_gpu() else "cpu", "base_url": base_url,
                               "requests": args.requests, "max_tokens": args.max_tokens, "levels": levels_report,
-                              "server_start_s": server_start, "baseline": None}  # fmt: skip
+                              "server_start_s": server_start, "served_as": served_as, "baseline": None}  # fmt: skip
     if args.baseline:
         with progress() as bar:
             task = bar.add_task("baseline: Transformers, one by one", total=args.requests)
@@ -113,7 +98,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value * 1000:.0f}"
 
-    show(table(f"{model}: {args.requests} requests per level, {args.max_tokens} new tokens each",
+    show(table(f"{report['provenance']['label']}: {args.requests} requests per level, {args.max_tokens} new tokens each",
                ["users", "tok/s", "req/s", "TTFT p50/p95 ms", "ITL p50/p95 ms", "e2e p50/p95 ms", "errors"],
                [(lv["concurrency"], f"{lv['output_tokens_per_s']:.1f}", f"{lv['requests_per_s']:.2f}",
                  f"{ms(lv['ttft_p50_s'])}/{ms(lv['ttft_p95_s'])}", f"{ms(lv['itl_p50_s'])}/{ms(lv['itl_p95_s'])}",
@@ -138,6 +123,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise BadInput(
             f"--precisions takes {', '.join(PRECISIONS)} separated by commas, got {args.precisions!r}"
         )
+    if args.save_rounded:
+        from stage5_serving_ops.quantize import save_rounded
+
+        precision, folder = args.save_rounded
+        with progress(transient=True) as bar:
+            bar.add_task(f"rounding the weights through {precision}", total=None)
+            save_rounded(precision, Path(folder), args.model)
+        console.print(f"wrote {folder}: serve it with `python -m stage5_serving_ops serve --model {folder}`")
+        return 0
     with progress() as bar:
         task = bar.add_task("loading, scoring and timing each precision", total=len(precisions))
         report = run(precisions, model=args.model, on_row=lambda row: bar.advance(task))
@@ -145,8 +139,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0
-    show(table(f"{report['model']} on {report['device']}", ["precision", "footprint MB", "perplexity", "tok/s", "answer"],
-               table_rows(report)))  # fmt: skip
+    show(table(f"{report['provenance']['label']} on {report['device']}",
+               ["precision", "footprint MB", "perplexity", "tok/s", "answer"], table_rows(report)))  # fmt: skip
+    if report["provenance"]["started_as"] not in ("fp32", "float32", "bf16", "bfloat16"):
+        console.print(f"note: \"fp32\" here is the {report['provenance']['started_as']} weights widened to fp32, so every "
+                      "other row is a second rounding (see provenance.py)")  # fmt: skip
     console.print(f"wrote {json_path} and {plot_path}")
     return 0
 
@@ -185,40 +182,21 @@ def cmd_traces(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from shared import paths
-    from stage5_serving_ops.evals import (
-        DEFAULT_DATASET,
-        evaluate_set,
-        gate,
-        load_dataset,
-        load_thresholds,
-        write_report,
-    )
+    from stage5_serving_ops.eval_commands import cmd_eval as run
 
-    records = load_dataset(Path(args.dataset) if args.dataset else DEFAULT_DATASET)
-    thresholds = load_thresholds(Path(args.thresholds)) if args.thresholds else load_thresholds()
-    with progress(transient=True) as bar:
-        judge = f", judge at {args.base_url}" if args.base_url else ""
-        bar.add_task(f"Ragas on {len(records)} records{judge}", total=None)
-        result = evaluate_set(
-            records, judge_base_url=args.base_url, judge_model=args.served_name, api_key=args.api_key
-        )
-    failures = gate(result, thresholds)
-    result["gate"] = {"passed": not failures, "failures": failures}
-    path = write_report(result, Path(args.out) if args.out else paths.reports_dir())
-    if args.json:
-        print_json(result)
-    else:
-        show(table(f"{result['n']} records", ["metric", "mean", "threshold", "failed to score"],
-                   [(name, "-" if value is None else f"{value:.3f}", thresholds.get(name, {}).get("min", "-"),
-                     result.get("failed", {}).get(name, 0)) for name, value in result["metrics"].items()]))  # fmt: skip
-        console.print(f"wrote {path}")
-    if failures:
-        worst = "; ".join(f"{f['metric']}: {f['reason']}" for f in failures)
-        raise WorkFailed(f"evaluation gate failed: {worst}")
-    if not args.json:
-        console.print("evaluation gate passed")
-    return 0
+    return run(args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from stage5_serving_ops.eval_commands import cmd_calibrate as run
+
+    return run(args)
+
+
+def cmd_regressions(args: argparse.Namespace) -> int:
+    from stage5_serving_ops.eval_commands import cmd_regressions as run
+
+    return run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -227,11 +205,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help="registry name, hub id or model folder")
-    p.add_argument(
-        "--kv-cache-gib", type=int, default=2, help="KV cache size on a CPU (VLLM_CPU_KVCACHE_SPACE)"
-    )
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=None, help="report folder (default reports/)")
+    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (not loopback: --api-key required)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="clients must send it as a Bearer token")
+    p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
+                   help="clients must send it as a Bearer token (default: $VLLM_API_KEY, which keeps it off "
+                        "the command line)")  # fmt: skip
     p.add_argument("--lora", default=None, help="a stage 4 adapter folder, served as MODEL-lora")
     p.set_defaults(handler=cmd_serve)
 
@@ -260,15 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-baseline", dest="baseline", action="store_false", help="skip the one-by-one baseline"
     )
-    p.add_argument("--out", default=None, help="report folder (default reports/)")
-    p.add_argument("--json", action="store_true")
+    add_report_options(p)
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("quantize", help="fp32 / bf16 / int8 / 4-bit: footprint, perplexity, speed")
     p.add_argument("--precisions", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--save-rounded", nargs=2, metavar=("PRECISION", "DIR"), default=None,
+                   help="write the model with its weights rounded through nf4 or fp4, for any server to serve")  # fmt: skip
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
-    p.add_argument("--out", default=None)
-    p.add_argument("--json", action="store_true")
+    add_report_options(p)
     p.set_defaults(handler=cmd_quantize)
 
     p = sub.add_parser("cost", help="the price table and the ledger's spend per route and model")
@@ -283,20 +261,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_traces)
 
     p = sub.add_parser(
-        "eval", help="Ragas metrics over an eval set; exits 1 when a metric is below its threshold"
+        "eval", help="run stage 3's RAG through vLLM, score it with Ragas, exit 1 below a threshold"
+    )
+    add_server_options(p)
+    p.add_argument(
+        "--dataset", default=None, help="score these JSONL records instead of running the pipeline"
+    )
+    p.add_argument("--regression", choices=[v.name for v in REGRESSIONS], default=None,
+                   help="run the pipeline with this regression (the gate should fail it)")  # fmt: skip
+    p.add_argument("--base-url", default=None, help="a running server (default: start one for the run)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--served-name", default=None, help="model name on the server (default: its first model)")
+    p.add_argument(
+        "--split", choices=("dev", "test"), default=None, help="golden split (default: the baseline's)"
+    )
+    p.add_argument("--limit", type=int, default=None, help="questions (default: as many as the baseline)")
+    p.add_argument("--index", default=None, help="stage 3's index folder (default: stage 3's own)")
+    p.add_argument("--records", default=None, help="where to write the exported records")
+    p.add_argument(
+        "--judge", action="store_true", help="also the LLM-judged metrics, the served model as judge"
     )
     p.add_argument(
-        "--dataset", default=None, help="JSONL records (default: the shipped set; stage 3's export works)"
+        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
     )
-    p.add_argument("--thresholds", default=None)
     p.add_argument(
-        "--base-url", default=None, help="an OpenAI-compatible server to judge faithfulness/relevancy"
+        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
     )
+    add_report_options(p)
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "calibrate", help="do the metrics and the judge separate good answers from bad? -> reports/"
+    )
+    add_server_options(p)
+    p.add_argument("--no-judge", dest="judge", action="store_false", help="the no-LLM metrics only")
+    p.add_argument("--base-url", default=None, help="the judge's server (default: start one)")
     p.add_argument("--api-key", default=None)
     p.add_argument("--served-name", default=None)
-    p.add_argument("--out", default=None)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(handler=cmd_eval)
+    add_report_options(p)
+    p.set_defaults(handler=cmd_calibrate)
+
+    p = sub.add_parser("regressions", help="the gate on the default pipeline and each regression -> reports/")
+    add_server_options(p)
+    p.add_argument("--variants", default=None, help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument(
+        "--limit", type=int, default=DEFAULT_LIMIT, help="questions per variant (default: the whole split)"
+    )
+    p.add_argument("--index", default=None, help="stage 3's index folder (default: stage 3's own)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--judge", choices=("auto", "always", "never"), default="auto",
+                   help="LLM-judged metrics: auto = only when the judge may gate")  # fmt: skip
+    p.add_argument("--write-thresholds", action="store_true",
+                   help="re-measure the baseline into data/eval_thresholds.toml and data/eval_baseline.json")  # fmt: skip
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 unless the default passes and every regression fails"
+    )
+    p.add_argument(
+        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
+    )
+    p.add_argument(
+        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
+    )
+    add_report_options(p)
+    p.set_defaults(handler=cmd_regressions)
 
     p = sub.add_parser("demo", help="serve, send concurrent requests, price them, trace one, evaluate, stop")
     add_server_options(p)

@@ -16,8 +16,22 @@ which is why batching matters for money, not only for speed: the same machine at
 throughput makes every token 1.5x cheaper. The table lives in `data/prices.toml`; the local
 throughput comes from the last `bench` report when there is one.
 
-A budget guard prices the worst case of a request before it is sent (its prompt plus max_tokens of
-output) and refuses it if the ledger's spend plus that would pass the budget.
+A budget guard must hold when requests run at once, which is exactly when a budget is spent fastest.
+"Check the spend, send, record the cost" does not: eight requests sent together all read the same
+spend before any of them has recorded its cost, and all eight pass. So the guard *reserves*:
+
+    reserve   under a lock: worst = prompt + max_tokens of output at the price; refuse if
+              spent + reserved + worst > budget, else reserved += worst          (before sending)
+    settle    under the same lock: record the real cost from `usage`, spent += real,
+              reserved -= worst                                                   (after the answer)
+    release   the request failed before it cost anything: reserved -= worst
+
+A request can never cost more than its reservation (the output stops at max_tokens and the prompt
+was counted before sending), so at every moment spent + reserved bounds what can have been spent,
+and the budget is never passed. What was reserved and not used comes back at settle. This is the
+same pattern as a card payment's authorisation (hold the maximum) and capture (charge the real
+amount). The lock is a thread lock: the guard protects one process. Processes that share one budget
+need the reservation in shared storage (a database row updated in a transaction, Redis INCRBYFLOAT).
 
     python -m stage5_serving_ops cost            # the price table and the ledger's spend per route and model
 """
@@ -25,9 +39,12 @@ output) and refuses it if the ledger's spend plus that would pass the budget.
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 import tomllib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +154,13 @@ class Ledger:
                  "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "usd": price.cost(prompt_tokens, completion_tokens)}  # fmt: skip
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
+        with open(self.path, "a+b") as f:  # appends, and can read the last byte
+            # a line cut short by a crash has no newline: end it first, or this entry would join it and be lost too
+            size, cut_short = f.seek(0, os.SEEK_END), False
+            if size:
+                f.seek(size - 1)
+                cut_short = f.read(1) != b"\n"
+            f.write((("\n" if cut_short else "") + json.dumps(entry) + "\n").encode())
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
@@ -178,24 +200,83 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass
+class Reservation:
+    """The worst case held for one request until `settle` or `release`."""
+
+    price: Price
+    worst_usd: float
+    open: bool = True
+
+
 class BudgetGuard:
-    budget_usd: float
-    ledger: Ledger
+    """Reserve the worst case before a request, settle the real cost after (see the module's essay).
 
-    def __post_init__(self) -> None:
-        if self.budget_usd <= 0:
-            raise BadInput(f"the budget must be positive, got {self.budget_usd}")
+    reservation = guard.reserve(price, prompt_tokens, max_tokens)     # BudgetExceeded: not sent
+    response = send(...)
+    guard.settle(reservation, response.usage.prompt_tokens, response.usage.completion_tokens, route)
+    """
 
-    def check(self, price: Price, prompt_tokens: int, max_tokens: int) -> float:
-        """The worst-case cost of the request; raises BudgetExceeded if it could pass the budget."""
-        # EXERCISE stage5.budget_guard: price the worst case (max_tokens of output); raise BudgetExceeded if spent + it > budget
+    def __init__(self, budget_usd: float, ledger: Ledger):
+        if budget_usd <= 0:
+            raise BadInput(f"the budget must be positive, got {budget_usd}")
+        self.budget_usd, self.ledger = budget_usd, ledger
+        self.spent_usd = ledger.spent()  # what the ledger already holds counts against the budget
+        self.reserved_usd = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, price: Price, prompt_tokens: int, max_tokens: int) -> Reservation:
+        """Hold the request's worst-case cost; raise BudgetExceeded (and hold nothing) if it could pass the budget."""
+        # EXERCISE stage5.budget_guard: under the lock, worst = the cost of prompt_tokens in and max_tokens out; refuse if spent + reserved + worst > budget, else add it to reserved
         worst = price.cost(prompt_tokens, max_tokens)
-        spent = self.ledger.spent()
-        if spent + worst > self.budget_usd:
-            raise BudgetExceeded(f"refused: ${spent:.6f} spent + up to ${worst:.6f} for this request "
-                                 f"would pass the budget of ${self.budget_usd:.6f}")  # fmt: skip
-        return worst
+        with self._lock:
+            if self.spent_usd + self.reserved_usd + worst > self.budget_usd:
+                raise BudgetExceeded(f"refused: ${self.spent_usd:.6f} spent + ${self.reserved_usd:.6f} held for "
+                                     f"requests in flight + up to ${worst:.6f} for this one would pass the budget "
+                                     f"of ${self.budget_usd:.6f}")  # fmt: skip
+            self.reserved_usd += worst
+        return Reservation(price, worst)
         # END EXERCISE
+
+    def settle(self, reservation: Reservation, prompt_tokens: int, completion_tokens: int, route: str = "default",
+               request_id: str = "") -> dict[str, Any]:  # fmt: skip
+        """Record the real cost in the ledger and give back the rest of the reservation."""
+        with self._lock:
+            self._close(reservation)
+            entry = self.ledger.record(reservation.price, prompt_tokens, completion_tokens, route, request_id)
+            if entry["usd"] > reservation.worst_usd + 1e-12:  # the prompt was undercounted before sending
+                entry["over_reservation_usd"] = entry["usd"] - reservation.worst_usd
+            self.spent_usd += entry["usd"]
+        return entry
+
+    def release(self, reservation: Reservation) -> None:
+        """The request failed before it was charged: hold nothing for it any more."""
+        with self._lock:
+            self._close(reservation)
+
+    def _close(self, reservation: Reservation) -> None:
+        if not reservation.open:
+            raise ValueError("this reservation was already settled or released")
+        reservation.open = False
+        self.reserved_usd -= reservation.worst_usd
+
+
+def prompt_token_counter(model: str) -> Callable[[list[dict[str, str]]], int]:
+    """messages -> the number of prompt tokens the server will bill, counted before sending with the
+    model's own tokenizer and chat template (the server renders the same template): what `reserve`
+    needs to hold a true worst case."""
+    from transformers import AutoTokenizer
+
+    from shared.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(model, kind="chat"))
+
+    def count(messages: list[dict[str, str]]) -> int:
+        encoded = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return len(encoded["input_ids"])
+
+    return count
 
 
 def price_rows(prices: dict[str, Price]) -> list[tuple[str, str, str, str]]:

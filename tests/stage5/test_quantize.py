@@ -142,3 +142,30 @@ def test_perplexity_of_the_real_model_is_sane_and_nf4_close(real_rows):
 @pytest.mark.slow
 def test_the_answer_helper_gets_the_sanity_question_right(real_rows):
     assert "Paris" in real_rows["fp32"]["answer"]
+
+
+def test_rounded_weights_are_what_load_in_4bit_computes_with(tiny_llama, tmp_path):
+    """round_weights gives, for every quantized layer, exactly the weights a `load_in_4bit` model
+    multiplies by (its 4-bit weights dequantized); the embedding and the norms are left alone."""
+    import copy
+
+    import torch
+    from bitsandbytes import functional as bnb
+    from transformers import AutoModelForCausalLM
+
+    model, _ = tiny_llama
+    model.save_pretrained(tmp_path / "tiny")
+    four_bit = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.float32, device_map={"": "cpu"},
+                                                    quantization_config=quantize.quantization_config("nf4", "cpu"))  # fmt: skip
+    rounded = copy.deepcopy(model)
+    count = quantize.round_weights(rounded, "nf4")
+    layers = [
+        n for n, m in rounded.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    ]
+    assert count == sum(rounded.get_submodule(n).weight.numel() for n in layers) > 0
+    for name in layers:
+        packed = four_bit.get_submodule(name).weight
+        expected = bnb.dequantize_4bit(packed.data, packed.quant_state).float()
+        assert torch.equal(rounded.get_submodule(name).weight, expected), name
+        assert not torch.equal(rounded.get_submodule(name).weight, model.get_submodule(name).weight)
+    assert torch.equal(rounded.model.embed_tokens.weight, model.model.embed_tokens.weight)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.console import BadInput, WorkFailed
-from stage5_serving_ops.server import ServerConfig, VLLMServer, command, is_loopback
+from stage5_serving_ops.server import ServerConfig, VLLMServer, command, environment, is_loopback, watched
+from stage5_serving_ops.watchdog import process_group_members
 
 from .conftest import API_KEY
 
@@ -29,13 +30,19 @@ def test_a_public_host_needs_an_api_key():
     assert ServerConfig(host="0.0.0.0", api_key="k", port=8123).base_url == "http://127.0.0.1:8123/v1"
 
 
-def test_the_command_line_is_the_documented_one(tmp_path):
-    config = ServerConfig(port=8123, api_key="k", log_file=str(tmp_path / "log"))
+def test_the_command_line_is_the_documented_one_and_holds_no_secret(tmp_path):
+    config = ServerConfig(port=8123, api_key="s3cret", log_file=str(tmp_path / "log"))
     args = command(config, tmp_path, gpu=False)
     assert args[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert "--enforce-eager" in args and args[args.index("--api-key") + 1] == "k"
+    assert "--enforce-eager" in args and "--api-key" not in args and "s3cret" not in " ".join(args)
     assert args[args.index("--served-model-name") + 1] == "smollm2-135m-instruct"
     assert "--enforce-eager" not in command(config, tmp_path, gpu=True)
+    env = environment(config, gpu=False, base={"PATH": "/bin"})
+    assert env["VLLM_API_KEY"] == "s3cret" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    keyless = ServerConfig(port=8123, log_file=str(tmp_path / "log"))
+    assert "VLLM_API_KEY" not in environment(keyless, gpu=False, base={"VLLM_API_KEY": "left-over"})
+    wrapped = watched(args, grace_s=5)
+    assert wrapped[1:3] == ["-m", "stage5_serving_ops.watchdog"] and wrapped[-len(args) :] == args
 
 
 def test_serve_refuses_a_public_host_without_a_key_in_one_line():
@@ -81,6 +88,29 @@ def test_bad_requests_get_4xx_and_the_server_keeps_answering(client):
     assert 400 <= unknown.value.status_code < 500 and 400 <= negative.value.status_code < 500
     ok = client.chat.completions.create(model="smollm2-135m-instruct", messages=FRANCE, max_tokens=4)
     assert ok.choices[0].message.content
+
+
+@pytest.mark.server
+def test_the_prompt_is_counted_before_sending_as_the_server_bills_it(client):
+    from stage5_serving_ops.costs import prompt_token_counter
+
+    count = prompt_token_counter("smollm2-135m-instruct")
+    for messages in (FRANCE, [{"role": "system", "content": "Be brief."}, *FRANCE]):
+        reply = client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=1)
+        assert count(messages) == reply.usage.prompt_tokens
+
+
+@pytest.mark.server
+def test_the_key_is_in_no_process_command_line(vllm_server):
+    """Every process of the server's group (watchdog, API server, engine, workers): the key is not in
+    /proc/PID/cmdline, which any local user can read; the API server has it in its environment."""
+    members = process_group_members(vllm_server.pgid)
+    assert len(members) >= 3
+    environments = []
+    for pid in members:
+        assert API_KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+        environments.append(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    assert any(f"VLLM_API_KEY={API_KEY}".encode() in env for env in environments)
 
 
 @pytest.mark.server
@@ -134,26 +164,17 @@ def test_traced_and_priced_calls_through_the_server(vllm_server, tmp_path):
 
 
 def test_no_process_outlives_stop(tmp_path):
-    """stop() kills the whole process group (the group of a short-lived stand-in here)."""
+    """stop() ends the whole group: here a watched stand-in whose own child ignores SIGTERM."""
+    engine = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    stand_in = [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {engine!r}]); "
+                "time.sleep(60)"]  # fmt: skip
     server = VLLMServer(ServerConfig(port=0, log_file=str(tmp_path / "log")))
-    server.process = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                                       "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-                                       "time.sleep(60)"], start_new_session=True)  # fmt: skip
-    pgid = server.process.pid
-    time.sleep(0.5)
-    assert len(live_members(pgid)) == 2
+    server.process = subprocess.Popen(watched(stand_in, grace_s=2), start_new_session=True)
+    pgid = server.pgid
+    deadline = time.monotonic() + 20
+    while len(process_group_members(pgid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(process_group_members(pgid)) == 3, "watchdog, stand-in, its child"
     server.stop(grace_s=5)
     time.sleep(0.5)
-    assert live_members(pgid) == [], "parent and child are gone (zombies awaiting reaping do not count)"
-
-
-def live_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+    assert process_group_members(pgid) == [], "all gone (zombies awaiting reaping do not count)"
