@@ -85,6 +85,7 @@ bench: setup
 	$(PY) -m stage3_retrieval bench
 	$(PY) -m stage4_finetune_align bench
 	$(PY) -m stage5_serving_ops bench
+	$(PY) -m stage5_serving_ops race
 	$(PY) -m stage5_serving_ops quantize
 	$(PY) -m stage5_serving_ops calibrate
 	$(PY) -m stage5_serving_ops regressions

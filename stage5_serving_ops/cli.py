@@ -1,6 +1,10 @@
-"""Stage 5's commands: serve, bench, quantize, cost, traces, eval, calibrate, regressions, demo.
+"""Stage 5's commands: serve, bench, race, plan, quantize, cost, traces, eval, calibrate, regressions, demo.
 
 python -m stage5_serving_ops serve                                   # vLLM on 127.0.0.1:8000; Ctrl-C, SIGTERM, SIGHUP stop it
+python -m stage5_serving_ops serve --engine scratch                  # the engine written by hand, same API
+python -m stage5_serving_ops serve --tensor-parallel-size 8 --dry-run  # the commands for several GPUs / nodes
+python -m stage5_serving_ops race                                    # the hand-written engine against vLLM
+python -m stage5_serving_ops plan --config stage5_serving_ops/data/configs/llama-3.1-70b.json --memory-gib 80 --context 8192 --users 16
 python -m stage5_serving_ops bench --base-url http://127.0.0.1:8000/v1 --concurrency 1,4,8
 python -m stage5_serving_ops bench                                   # starts and stops its own server
 python -m stage5_serving_ops quantize                                # fp32 / bf16 / int8 / nf4 / fp4 trade-off
@@ -26,23 +30,41 @@ from shared.console import BadInput, WorkFailed, console, print_json, progress, 
 from shared.models import DEFAULT_CHAT_MODEL
 from stage5_serving_ops.launch import add_server_options
 from stage5_serving_ops.pipeline import DEFAULT_LIMIT, REGRESSIONS, VARIANTS
+from stage5_serving_ops.scale_commands import (
+    add_engine_options,
+    add_parallel_options,
+    add_plan_parser,
+    cmd_race,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import torch
+
     from stage5_serving_ops.launch import running_server, server_config
+    from stage5_serving_ops.scale_commands import parallel_serving
     from stage5_serving_ops.server import log_tail
 
+    lines = parallel_serving(args, torch.cuda.device_count())
+    if lines is not None:
+        print("\n".join(lines))
+        return 0
+    config = server_config(args)
+    if (
+        args.tensor_parallel_size * args.pipeline_parallel_size > 1
+    ):  # checked above: this machine has the GPUs
+        config.extra_args += ["--tensor-parallel-size", str(args.tensor_parallel_size),
+                              "--pipeline-parallel-size", str(args.pipeline_parallel_size)]  # fmt: skip
     try:
-        with running_server(server_config(args)) as server:
+        with running_server(config) as server:
             print(server.base_url, flush=True)
             console.print(f"log: {server.log_path}; Ctrl-C, SIGTERM or SIGHUP stops it")
             while server.running():
                 time.sleep(1)
-            raise WorkFailed(
-                f"vLLM stopped unexpectedly; last lines of {server.log_path}:\n{log_tail(server.log_path)}"
-            )
+            raise WorkFailed(f"{config.engine_name} stopped unexpectedly; last lines of {server.log_path}:\n"
+                             f"{log_tail(server.log_path)}")  # fmt: skip
     except KeyboardInterrupt as stop:  # Ctrl-C, or launch.Stopped for SIGTERM and SIGHUP
-        console.print(f"stopped vLLM ({getattr(stop, 'signal_name', 'Ctrl-C')})")
+        console.print(f"stopped {config.engine_name} ({getattr(stop, 'signal_name', 'Ctrl-C')})")
         return 0
 
 
@@ -214,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m stage5_serving_ops", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("serve", help="run a vLLM OpenAI-compatible server in the foreground")
+    p = sub.add_parser(
+        "serve", help="run an OpenAI-compatible server (vLLM or the hand-written engine) in the foreground"
+    )
     add_server_options(p)
+    add_engine_options(p)
+    add_parallel_options(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (not loopback: --api-key required)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("VLLM_API_KEY"),
@@ -238,8 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-baseline", dest="baseline", action="store_false", help="skip the one-by-one baseline"
     )
+    add_engine_options(p)
     add_report_options(p)
     p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser(
+        "race", help="the hand-written engine against vLLM: load sweep, prefix caching, speculation"
+    )
+    add_server_options(p)
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--requests", type=int, default=16, help="requests per level")
+    p.add_argument("--max-tokens", type=int, default=64)
+    add_report_options(p)
+    p.set_defaults(handler=cmd_race)
+
+    add_plan_parser(sub)
 
     p = sub.add_parser("quantize", help="fp32 / bf16 / int8 / 4-bit: footprint, perplexity, speed")
     p.add_argument("--precisions", default=None, help="comma-separated subset (default: all)")

@@ -57,21 +57,26 @@ def stop_on_signals() -> Iterator[None]:
 def server_config(
     args: argparse.Namespace, port: int | None = None, model: str | None = None
 ) -> ServerConfig:
-    """A ServerConfig from a command's options (`--model`, `--kv-cache-gib`, and `serve`'s own)."""
+    """A ServerConfig from a command's options (`--model`, `--kv-cache-gib`, `--engine`, and `serve`'s own)."""
     return ServerConfig(model=model or args.model, host=getattr(args, "host", "127.0.0.1"),
                         port=getattr(args, "port", 0) if port is None else port,
                         api_key=getattr(args, "api_key", None), lora=getattr(args, "lora", None),
-                        kv_cache_gib=args.kv_cache_gib, served_name=getattr(args, "served_name", None) or "")  # fmt: skip
+                        kv_cache_gib=args.kv_cache_gib, served_name=getattr(args, "served_name", None) or "",
+                        engine=getattr(args, "engine", "vllm"), prefix_caching=getattr(args, "prefix_caching", True),
+                        speculative_tokens=getattr(args, "speculative_tokens", 0))  # fmt: skip
 
 
 def start_server(config: ServerConfig) -> VLLMServer:
     """Start vLLM with a progress line; say where it is and how long it took."""
     server = VLLMServer(config)
     with progress(transient=True) as bar:
-        task = bar.add_task(f"starting vLLM with {config.model} (log: {config.log_file})", total=None)
-        server.start(on_wait=lambda elapsed: bar.update(task, description=f"starting vLLM ({elapsed:.0f} s)"))
+        name = config.engine_name
+        task = bar.add_task(f"starting {name} with {config.model} (log: {config.log_file})", total=None)
+        server.start(
+            on_wait=lambda elapsed: bar.update(task, description=f"starting {name} ({elapsed:.0f} s)")
+        )
     console.print(
-        f"vLLM ready in {server.started_s:.0f} s at {server.base_url} (model {config.served_name!r})"
+        f"{name} ready in {server.started_s:.0f} s at {server.base_url} (model {config.served_name!r})"
     )
     return server
 

@@ -53,6 +53,8 @@ from shared.console import BadInput, WorkFailed, one_line
 from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+SCRATCH_MODULE = "stage5_serving_ops.engine.api_server"  # the engine written by hand (engine/)
+ENGINES = ("vllm", "scratch")
 WATCHDOG_MODULE = "stage5_serving_ops.watchdog"
 STOP_GRACE_S = 20.0  # seconds vLLM gets to shut down cleanly before SIGKILL
 
@@ -91,8 +93,15 @@ class ServerConfig:
     log_file: str = ""
     startup_timeout_s: float = 300.0
     extra_args: list[str] = field(default_factory=list)
+    engine: str = "vllm"  # or "scratch": the serving engine written by hand in engine/, same API
+    prefix_caching: bool = True  # scratch: reuse the KV blocks of a prompt prefix already computed
+    speculative_tokens: int = 0  # scratch: prompt-lookup draft tokens verified per step (0: off)
 
     def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "scratch" and self.lora:
+            raise BadInput("--lora needs --engine vllm: the hand-written engine serves merged weights only")
         if not self.host.strip():
             raise BadInput("--host is empty")
         if not is_loopback(self.host) and not self.api_key:
@@ -108,7 +117,13 @@ class ServerConfig:
             self.served_name = spec.name if spec else Path(self.model).name or self.model
         if self.port == 0:
             self.port = free_port(self.host if is_loopback(self.host) else "0.0.0.0")
-        self.log_file = self.log_file or str(paths.artifacts_dir() / "stage5" / f"vllm-{self.port}.log")
+        self.log_file = self.log_file or str(
+            paths.artifacts_dir() / "stage5" / f"{self.engine}-{self.port}.log"
+        )
+
+    @property
+    def engine_name(self) -> str:
+        return "vLLM" if self.engine == "vllm" else "the hand-written engine"
 
     @property
     def base_url(self) -> str:
@@ -117,7 +132,13 @@ class ServerConfig:
 
 
 def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
-    """vLLM's command line. No secret goes here: the API key travels in the environment (`environment`)."""
+    """The server's command line. No secret goes here: the API key travels in the environment (`environment`)."""
+    if config.engine == "scratch":
+        args = [sys.executable, "-m", SCRATCH_MODULE, "--model", str(model_dir), "--served-model-name",
+                config.served_name, "--host", config.host, "--port", str(config.port), "--max-model-len",
+                str(config.max_model_len), "--kv-cache-gib", str(config.kv_cache_gib),
+                "--num-speculative-tokens", str(config.speculative_tokens)]  # fmt: skip
+        return args + ([] if config.prefix_caching else ["--no-prefix-caching"]) + list(config.extra_args)
     args = [sys.executable, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", config.served_name,
             "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
     if not gpu:
@@ -195,7 +216,9 @@ class VLLMServer:
         return Path(self.config.log_file)
 
     def start(self, on_wait: Callable[[float], None] | None = None) -> VLLMServer:
-        if importlib.util.find_spec("vllm") is None:  # looked up, not imported: importing vLLM takes seconds
+        if (
+            self.config.engine == "vllm" and importlib.util.find_spec("vllm") is None
+        ):  # looked up, not imported: importing vLLM takes seconds
             raise WorkFailed("vLLM is not installed in this environment; run `make setup`")
         model_dir = resolve(self.config.model, kind="chat")
         gpu = on_gpu()
@@ -229,11 +252,11 @@ class VLLMServer:
         while True:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise WorkFailed(f"vLLM exited with code {self.process.returncode} before it was ready; "
+                raise WorkFailed(f"{self.config.engine_name} exited with code {self.process.returncode} before it was ready; "
                                  f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
             elapsed = time.perf_counter() - start
             if elapsed > self.config.startup_timeout_s:
-                raise WorkFailed(f"vLLM was not healthy after {self.config.startup_timeout_s:.0f} s; "
+                raise WorkFailed(f"{self.config.engine_name} was not healthy after {self.config.startup_timeout_s:.0f} s; "
                                  f"last lines of {self.log_path}:\n{log_tail(self.log_path)}")  # fmt: skip
             try:
                 with urllib.request.urlopen(health, timeout=2) as response:

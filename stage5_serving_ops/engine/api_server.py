@@ -7,7 +7,7 @@ Endpoints: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions`
 `"stream": true` as server-sent events, and `stream_options.include_usage`), `GET /health`, and
 `GET /metrics` (the engine's counters as JSON). The rules are vLLM's: loopback by default, a key
 when one is set (`Authorization: Bearer KEY`; the key comes from the environment variable
-`LLM_ROADMAP_SERVER_API_KEY`, never the command line), a malformed request is a 4xx with an
+`VLLM_API_KEY`, as for vLLM, never the command line), a malformed request is a 4xx with an
 OpenAI-style error body and the server keeps serving, and a client that disconnects mid-stream has
 its request aborted, which frees its blocks at the next step.
 
@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from stage1_foundations.decode import _releasable as releasable
 
-API_KEY_ENV = "LLM_ROADMAP_SERVER_API_KEY"
+API_KEY_ENV = "VLLM_API_KEY"  # the variable vLLM reads: server.py starts either engine the same way
 
 
 class APIError(Exception):

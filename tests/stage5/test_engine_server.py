@@ -9,11 +9,9 @@ freed) and the API key, which reaches the server through its environment, never 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import httpx
 import pytest
@@ -32,32 +30,15 @@ def _get(url: str, key: str | None = KEY) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tiny_dir, tmp_path_factory):
-    import socket
+    """Started the way `serve --engine scratch` starts it: server.py's command, environment and watchdog."""
+    from stage5_serving_ops.server import ServerConfig, VLLMServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("engine") / "server.log"
-    argv = [sys.executable, "-m", "stage5_serving_ops.engine.api_server", "--model", str(tiny_dir),
-            "--served-model-name", "tiny", "--port", str(port), "--max-model-len", "256", "--kv-cache-gib", "0.01",
-            "--threads", "1"]  # fmt: skip
-    with open(log, "w") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, API_KEY_ENV: KEY},
-                                   start_new_session=True)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            _get(f"{base}/health", None)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the engine server did not start:\n{log.read_text()[-2000:]}")
-            time.sleep(0.3)
-    yield {"base": base, "process": process}
-    process.terminate()
-    process.wait(timeout=20)
+    config = ServerConfig(model=str(tiny_dir), port=0, api_key=KEY, served_name="tiny", engine="scratch",
+                          max_model_len=256, log_file=str(tmp_path_factory.mktemp("engine") / "server.log"),
+                          extra_args=["--kv-cache-gib", "0.01", "--threads", "1"], startup_timeout_s=120)  # fmt: skip
+    with VLLMServer(config) as running:
+        assert running.process is not None
+        yield {"base": config.base_url.removesuffix("/v1"), "process": running.process, "server": running}
 
 
 @pytest.fixture
@@ -72,9 +53,13 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 
 def test_models_and_the_key_stays_off_the_command_line(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    with open(f"/proc/{server['process'].pid}/cmdline", "rb") as f:
-        cmdline = f.read().decode()
-    assert KEY not in cmdline
+    watchdog = server["process"].pid
+    children = Path(f"/proc/{watchdog}/task/{watchdog}/children").read_text().split()
+    assert children, "the watchdog runs the engine"
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().decode() for pid in [watchdog, *children]]
+    assert "stage5_serving_ops.engine.api_server" in cmdlines[1]
+    assert not any(KEY in cmdline for cmdline in cmdlines)
+    assert f"{API_KEY_ENV}={KEY}" in Path(f"/proc/{children[0]}/environ").read_bytes().decode()
 
 
 def test_chat_streamed_chunks_join_to_the_non_streamed_text(client):

@@ -1,0 +1,89 @@
+"""race, plan and serve's multi-device path: the commands around the engines and the planner."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import replace
+
+import pytest
+
+from stage5_serving_ops.cli import main
+from stage5_serving_ops.race import race, write_report
+
+
+@pytest.mark.server
+def test_the_race_runs_every_workload_and_reports_ratios_and_targets(tiny_dir, tmp_path):
+    """The race's bookkeeping on the tiny model, the hand-written engine standing in for vLLM too."""
+    from stage5_serving_ops.launch import running_server
+    from stage5_serving_ops.server import ServerConfig
+
+    base = ServerConfig(model=str(tiny_dir), port=0, engine="scratch", max_model_len=512,
+                        extra_args=["--kv-cache-gib", "0.02", "--threads", "1"])  # fmt: skip
+    started = []
+
+    @contextmanager
+    def start(engine, options):
+        started.append((engine, options))
+        with running_server(
+            replace(base, port=0, log_file=str(tmp_path / f"{len(started)}.log"), **options)
+        ) as s:
+            yield s
+
+    report = race(start, [1, 2], requests=2, max_tokens=4)
+    assert started == [("vllm", {}), ("scratch", {}), ("scratch", {"prefix_caching": False}),
+                       ("scratch", {"speculative_tokens": 4})]  # fmt: skip
+    assert [lv["concurrency"] for lv in report["levels"]["scratch"]] == [1, 2]
+    assert all(lv["errors"] == 0 for rows in report["levels"].values() for lv in rows)
+    assert set(report["prefix_caching"]) == {"vllm_on", "scratch_on", "scratch_off"}
+    copy = report["speculative"]["copy"]
+    assert copy["replies"] > 0 and copy["identical_replies"] == copy["replies"], (
+        "greedy speculation changes nothing"
+    )
+    assert 0.0 <= copy["acceptance_rate"] <= 1.0
+    assert set(report["ratios"]) >= {"scratch_2_vs_1", "scratch_vs_vllm_at_2", "prefix_ttft_speedup"}
+    assert len(report["targets"]) == 4
+    json_path, png = write_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["ratios"] == report["ratios"] and png.stat().st_size > 10_000
+
+
+def test_plan_finds_the_smallest_layout_and_prints_json(capsys):
+    config = "stage5_serving_ops/data/configs/llama-3.1-70b.json"
+    assert (
+        main(
+            ["plan", "--config", config, "--memory-gib", "80", "--context", "8192", "--users", "16", "--json"]
+        )
+        == 0
+    )
+    layout = json.loads(capsys.readouterr().out)
+    assert (layout["tensor_parallel_size"], layout["pipeline_parallel_size"]) == (4, 1)
+    assert layout["concurrent_sequences"] >= 16
+    assert main(["plan", "--kv-cache-gib", "2", "--block-size", "128", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kv_cache_tokens"] == 93_184
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["plan", "--memory-gib", "80", "--kv-cache-gib", "2"], "give exactly one of"),
+        (["plan", "--users", "4"], "--users needs --memory-gib and --context"),
+        (["serve", "--tensor-parallel-size", "2"], "needs 2 GPUs and this machine has"),
+        (["serve", "--engine", "scratch", "--tensor-parallel-size", "2", "--dry-run"], "need --engine vllm"),
+        (["serve", "--tensor-parallel-size", "16", "--dry-run"], "exceeds the 8 GPUs of a node"),
+    ],
+)
+def test_bad_plans_and_layouts_exit_2_with_one_line(argv, message, capsys):
+    from shared.console import run_cli
+
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_serve_dry_run_prints_the_ray_cluster_commands(capsys):
+    argv = ["serve", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--tensor-parallel-size", "8",
+            "--pipeline-parallel-size", "2", "--distributed-executor-backend", "ray", "--dry-run"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ray start --head" in out and "ray start --address=HEAD_NODE_IP:6379" in out
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend ray" in out
