@@ -16,7 +16,9 @@ This module starts `python -m vllm.entrypoints.openai.api_server` (on a CPU the 
 - `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache on a CPU; 2 GiB held ~93k tokens for SmolLM2-135M);
 - 127.0.0.1 unless told otherwise, and never another interface without `--api-key`;
 - its own process group, so stopping it stops every process it spawned; its log goes to a file
-  whose tail we show if it dies before it is healthy.
+  whose tail we show if it dies before it is healthy;
+- tool calling on: `--enable-auto-tool-choice --tool-call-parser hermes`, and, for a model whose own
+  chat template ignores `tools` (SmolLM2's does), `--chat-template shared/templates/chatml_tools.jinja`.
 
     python -m stage5_serving_ops serve                      # the default model on 127.0.0.1:8000
     python -m stage5_serving_ops serve --model artifacts/stage4/merged --port 8001
@@ -38,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import paths
+from shared.chat_templates import vllm_tool_calling_args
 from shared.console import BadInput, WorkFailed, one_line
 from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 
@@ -108,6 +111,7 @@ def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
             "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
     if not gpu:
         args.append("--enforce-eager")
+    args += vllm_tool_calling_args(model_dir)  # the hermes parser, and a template that renders tools
     if config.api_key:
         args += ["--api-key", config.api_key]
     if config.lora:
