@@ -134,7 +134,7 @@ def named(name: str) -> dict[str, Any]:
 class Agent:
     def __init__(self, model: Any, tools: Sequence[Tool], mode: str = DEFAULT_MODE, max_steps: int = 4,
                  shortlist_size: int = 3, router: Router | None = None, confirm: Confirm = never_confirm,
-                 answer_tokens: int = 96, answer: bool = True):  # fmt: skip
+                 answer_tokens: int = 64, answer: bool = True):  # fmt: skip
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         if mode not in MODES:
@@ -155,7 +155,7 @@ class Agent:
         if self.mode == "router" and step > 0:
             return None  # the router cannot read a result: after one call, the answer
         messages = decision_messages(conversation, shortlist.tools, shortlist.nearest)
-        specs = [self.tools[n].spec for n in shortlist.tools]
+        specs = grounded_tools([self.tools[n].spec for n in shortlist.tools], conversation)
         if router_decides:
             if shortlist.best == DIRECT_ANSWER:
                 return None
@@ -166,7 +166,7 @@ class Agent:
         elif self.mode == "native":
             tools, choice = specs, "auto"
         else:  # the model decides, under the grammar: a shortlisted tool or "answer"
-            tools, choice = decision_tools(grounded_tools(specs, conversation)), "required"
+            tools, choice = decision_tools(specs), "required"
         return self.model.chat(messages, tools=tools, tool_choice=choice, max_tokens=self.answer_tokens,
                                temperature=0.0)  # fmt: skip
 

@@ -31,8 +31,15 @@ from stage2_prompting_tools.tools import Tool, ToolError
 
 
 def parse_target(text: str) -> Any:
-    """A URL stays a URL; anything else is a command line, split like a shell would."""
+    """A URL stays a URL; anything else is a command line, split like a shell would.
+
+    A stdio server gets the SDK's minimal environment (PATH, HOME, ...: no secrets go to code we
+    did not write) plus the course's own LLM_ROADMAP_* variables, which tell tools where their APIs are.
+    """
+    import os
+
     from mcp import StdioServerParameters
+    from mcp.client.stdio import get_default_environment
 
     text = text.strip()
     if text.startswith(("http://", "https://")):
@@ -43,7 +50,11 @@ def parse_target(text: str) -> Any:
         raise BadInput(f"--mcp: malformed command {text!r} ({e})") from None
     if not words:
         raise BadInput("--mcp: the command is empty")
-    return StdioServerParameters(command=words[0], args=words[1:])
+    env = {
+        **get_default_environment(),
+        **{k: v for k, v in os.environ.items() if k.startswith("LLM_ROADMAP_")},
+    }
+    return StdioServerParameters(command=words[0], args=words[1:], env=env)
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -151,6 +151,9 @@ class VLLMProcess:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while self.alive() and time.monotonic() < deadline:  # SIGKILL is delivered asynchronously
+            time.sleep(0.1)
         self.process = None
 
     def alive(self) -> list[int]:
