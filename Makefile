@@ -79,7 +79,7 @@ stage1 stage2 stage3 stage4 stage5: setup
 # Each stage's benchmark writes reports/stageN_*.json and a PNG plot beside it.
 bench: setup
 	$(PY) -m stage1_foundations bench
-	$(PY) -m stage2_prompting_tools bench
+	$(PY) -m stage2_prompting_tools bench --serve
 	$(PY) -m stage3_retrieval bench
 	$(PY) -m stage4_finetune_align bench
 	$(PY) -m stage5_serving_ops bench

@@ -12,7 +12,13 @@ from stage2_prompting_tools.tools import BUILTIN_TOOLS, tool
 from tests.stage2.scripted import FixedRouter, ScriptedModel, answer, call
 
 TOOLS = list(BUILTIN_TOOLS.values())
-LOOP = ("stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature")
+LOOP = (
+    "stage2.tool_loop",
+    "stage2.execute_call",
+    "stage2.ground_schema",
+    "stage2.type_to_schema",
+    "stage2.schema_from_signature",
+)
 
 
 @pytest.mark.exercise(*LOOP)
@@ -134,7 +140,7 @@ def test_max_steps_bounds_the_loop():
         Agent(model, [], mode="vibes")
 
 
-@pytest.mark.exercise("stage2.tool_loop")
+@pytest.mark.exercise(*LOOP)
 def test_a_call_off_the_requests_shortlist_is_refused_not_run(tmp_path):
     """Native mode trusts the model's choice the least: a call it makes to an unlisted tool never runs."""
     executed = []
@@ -169,7 +175,7 @@ def test_a_call_off_the_requests_shortlist_is_refused_not_run(tmp_path):
     assert result.attempted == ["fetch_page", "delete_everything"]
 
 
-@pytest.mark.exercise("stage2.tool_loop")
+@pytest.mark.exercise(*LOOP)
 def test_side_effects_run_only_when_confirmed():
     note = '{"title": "groceries", "text": "milk and eggs"}'
     router = FixedRouter("save_note", ["save_note"])
@@ -213,7 +219,7 @@ def test_tool_output_is_escaped_data_that_cannot_close_its_fence_or_forge_a_turn
     assert starts == 5, "system, user, assistant, tool, and the generation prompt: no forged turn"
 
 
-@pytest.mark.exercise("stage2.tool_loop")
+@pytest.mark.exercise(*LOOP)
 def test_history_is_kept_between_turns(sample_apis):
     model = ScriptedModel(call("get_weather", '{"city": "Paris"}'), answer("Rainy in Paris."))
     history = [{"role": "user", "content": "Weather in Lisbon?"},

@@ -43,6 +43,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, message):
     assert len(run.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.exercise("stage2.shortlist")
 def test_a_failed_mcp_server_or_server_is_one_line_and_exit_1():
     run = cli("ask", "--mcp", "no-such-mcp-server-command", "hi")
     assert (
@@ -94,9 +95,8 @@ def native_server():
     server.shutdown()
 
 
-@pytest.mark.exercise(
-    *("stage2.tool_loop", "stage2.execute_call", "stage2.type_to_schema", "stage2.schema_from_signature")
-)
+@pytest.mark.exercise("stage2.tool_loop", "stage2.execute_call", "stage2.shortlist", "stage2.ground_schema",
+                       "stage2.type_to_schema", "stage2.schema_from_signature")  # fmt: skip
 def test_ask_against_a_server_uses_its_native_tool_calls(capsys, native_server):
     code, out = run_json(capsys, "ask", "--base-url", native_server, "--mode", "native", "--tools", "calculator",
                          "What is 6 times 7?")  # fmt: skip
@@ -114,6 +114,7 @@ def test_ask_against_a_server_uses_its_native_tool_calls(capsys, native_server):
     assert sent["tool_choice"] == "auto" and sent["tools"][0]["function"]["strict"] is True
 
 
+@pytest.mark.exercise("stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.execute_call")
 def test_a_refused_confirmation_exits_1_and_writes_nothing(native_server, tmp_path):
     import os
 
@@ -143,7 +144,9 @@ def test_the_demo_question_end_to_end(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.exercise("stage2.tool_loop", "stage2.ground_schema")
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_chat_remembers_the_conversation(sample_apis):
     """A follow-up that only makes sense with the first question: the REPL passes the whole conversation."""
     run = cli("chat", stdin="What's the weather like in Lisbon today?\nand in Paris?\n/quit\n")

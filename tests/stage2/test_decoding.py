@@ -26,7 +26,7 @@ def setup(tiny_llama):
     return model, tokenizer, compiled, prompt["input_ids"], call_token_budget(tools)
 
 
-@pytest.mark.exercise("stage2.constrained_decoding")
+@pytest.mark.exercise("stage2.constrained_decoding", "stage2.ground_schema", "stage2.type_to_schema")
 def test_the_loop_without_jump_forward_is_generate_with_the_grammar(setup):
     from xgrammar.contrib.hf import LogitsProcessor
 
@@ -41,7 +41,7 @@ def test_the_loop_without_jump_forward_is_generate_with_the_grammar(setup):
     assert ours.forward_passes == len(ours.tokens) and ours.forced == 0
 
 
-@pytest.mark.exercise("stage2.constrained_decoding")
+@pytest.mark.exercise("stage2.constrained_decoding", "stage2.ground_schema", "stage2.type_to_schema")
 def test_jump_forward_appends_what_the_grammar_forces_without_asking_the_model(setup):
     import xgrammar
 

@@ -35,7 +35,7 @@ def test_message_spans():
     assert "Python (programming language)" in message_spans("Read Python (programming language) now", 3)
 
 
-@pytest.mark.exercise("stage2.ground_schema")
+@pytest.mark.exercise("stage2.ground_schema", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_grounding_narrows_strings_enums_and_numbers_to_the_conversation():
     schema = grounded_schema(get_weather.parameters, [user("Weather in Lisbon?")])
     assert schema["properties"]["city"]["enum"][-1] == "Lisbon"
@@ -75,6 +75,7 @@ def test_regex_bounds_come_from_the_parse_tree():
         max_json_bytes({"type": "object"})
 
 
+@pytest.mark.exercise("stage2.ground_schema", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_every_grounded_builtin_tool_has_a_finite_budget():
     tools = grounded_tools(SPECS, [user("I had 1250 stickers and gave away 387. Save a note about it.")])
     budgets = {t["function"]["name"]: call_token_budget([t]) for t in tools}
@@ -116,6 +117,7 @@ def random_walk(compiled, eos: int, rng: random.Random, limit: int = 5000) -> li
     return tokens
 
 
+@pytest.mark.exercise("stage2.ground_schema", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_no_walk_through_the_grammar_outlasts_the_budget(compiler):
     """The bound is a proof sketch; this is the experiment: random token paths, even ones no model would
     take, always finish within call_token_budget."""

@@ -16,6 +16,7 @@ def test_there_are_at_least_ten_attacks_and_one_through_mcp():
     assert all(a["canary"] and a["expected_tools"] for a in ATTACKS)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 @pytest.mark.parametrize(
     "attack", [a for a in ATTACKS if a["channel"] != "mcp_description"], ids=lambda a: a["id"]
 )
@@ -30,6 +31,7 @@ def test_the_payload_arrives_in_the_tool_result(attack):
     assert attack["payload"].split()[1] in result
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_the_poisoned_description_arrives_through_mcp():
     attack = next(a for a in ATTACKS if a["channel"] == "mcp_description")
     with attack_environment(attack) as tools:
@@ -38,6 +40,9 @@ def test_the_poisoned_description_arrives_through_mcp():
         assert "Lisbon" in str(weather(city="Lisbon"))
 
 
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.execute_call", "stage2.ground_schema", "stage2.type_to_schema"
+)
 def test_an_obedient_model_is_stopped_by_the_guarantees():
     """A model that does exactly what the page says: the call it adds is off the shortlist, or unconfirmed."""
     attack = ATTACKS[0]  # the page says: call save_note
@@ -60,6 +65,9 @@ def test_an_obedient_model_is_stopped_by_the_guarantees():
 
 
 @pytest.mark.slow
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_the_real_model_runs_no_tool_the_user_did_not_ask_for(tool_model, router):
     """All attacks, the real in-process model, the mode where it decides after every result."""
     report = run_injection_suite(tool_model, mode="model", router=router)

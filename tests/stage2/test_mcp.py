@@ -34,6 +34,7 @@ async def round_trip(client: Client) -> None:
     assert again.content[0].text == "4", "the server is still up after the errors"
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_stdio_round_trip_with_the_sdk_client():
     async def run() -> None:
         async with Client(StdioServerParameters(command=SERVER[0], args=SERVER[1:])) as client:
@@ -42,6 +43,7 @@ def test_stdio_round_trip_with_the_sdk_client():
     anyio.run(run)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_streamable_http_round_trip_with_the_sdk_client():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,6 +67,7 @@ def test_streamable_http_round_trip_with_the_sdk_client():
         server.wait(timeout=20)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_an_mcp_servers_tools_become_loop_tools():
     with open_mcp_tools(parse_target(shlex.join(SERVER) + " --tools calculator,save_note")) as tools:
         by_name = {t.name: t for t in tools}
@@ -78,6 +81,9 @@ def test_an_mcp_servers_tools_become_loop_tools():
 
 
 @pytest.mark.slow
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_ask_uses_an_mcp_servers_tools(capsys):
     import json
 

@@ -29,6 +29,9 @@ def test_the_launcher_stops_the_whole_tree_even_a_child_in_its_own_session(tmp_p
 
 
 @pytest.mark.server
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_ask_against_the_real_server(vllm_server, capsys):
     from shared.console import run_cli
     from stage2_prompting_tools.cli import main
@@ -40,6 +43,9 @@ def test_ask_against_the_real_server(vllm_server, capsys):
 
 
 @pytest.mark.server
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_served_calls_are_valid_on_the_shipped_suite(served_model, router):
     """The grammar goes to the server as response_format: every call is valid, as in process (first 12 tasks)."""
     from stage2_prompting_tools.tool_eval import run_suite
@@ -49,6 +55,9 @@ def test_served_calls_are_valid_on_the_shipped_suite(served_model, router):
 
 
 @pytest.mark.server
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_required_needs_strict_to_give_arguments_the_schema_accepts(served_model):
     """Why `tool_choice="required"` broke: vLLM leaves the arguments free unless the tool is strict."""
     probe = required_probe(served_model)
@@ -56,6 +65,9 @@ def test_required_needs_strict_to_give_arguments_the_schema_accepts(served_model
 
 
 @pytest.mark.server
+@pytest.mark.exercise(
+    "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
+)
 def test_the_served_model_runs_no_tool_the_page_asks_for(served_model, router):
     from stage2_prompting_tools.injection import ATTACKS, run_injection_suite
 

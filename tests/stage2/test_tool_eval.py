@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from stage2_prompting_tools.agent import AgentResult, Step
 from stage2_prompting_tools.tool_eval import load_suite, same_value, score_task
 from stage2_prompting_tools.tools import BUILTIN_TOOLS
@@ -19,6 +21,7 @@ def test_the_shipped_suite_is_balanced():
     assert len(tasks) == 36 and set(counts.values()) == {6}, counts
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_the_multistep_suite_is_what_the_tools_compute(sample_apis):
     """Two calls each, the second on the first one's result; the expected figures are the tools' own."""
     tasks = load_suite("multistep")
@@ -33,6 +36,7 @@ def test_the_multistep_suite_is_what_the_tools_compute(sample_apis):
         assert task["answer_contains"][0] in task["results"][1]
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_scoring_is_by_meaning():
     assert same_value("23*47", "23 * 47", "expression") and not same_value("23*47", "23+47", "expression")
     assert same_value(5, 5.0) and same_value("Lisbon", "lisbon") and not same_value(1, True)

@@ -201,6 +201,7 @@ def test_builtin_registry():
     assert [t.name for t in select_tools(" calculator ")] == ["calculator"]
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_every_builtin_pattern_is_bounded():
     """A grammar built on these patterns always fits a token budget (grammar.py computes it from them)."""
     from stage2_prompting_tools.grammar import max_regex_bytes
@@ -210,6 +211,7 @@ def test_every_builtin_pattern_is_bounded():
     assert len(patterns) == 3 and all(max_regex_bytes(p) <= 200 for p in patterns)
 
 
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_save_note_writes_one_whole_file_under_artifacts():
     from shared import paths
 
