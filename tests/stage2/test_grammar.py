@@ -22,7 +22,9 @@ from stage2_prompting_tools.grammar import (
 )
 from stage2_prompting_tools.tools import ARITHMETIC, BUILTIN_TOOLS, get_weather
 
-SPECS = [t.spec for t in BUILTIN_TOOLS.values()]
+
+def specs() -> list[dict]:
+    return [t.spec for t in BUILTIN_TOOLS.values()]
 
 
 def user(text: str) -> dict:
@@ -77,7 +79,7 @@ def test_regex_bounds_come_from_the_parse_tree():
 
 @pytest.mark.exercise("stage2.ground_schema", "stage2.type_to_schema", "stage2.schema_from_signature")
 def test_every_grounded_builtin_tool_has_a_finite_budget():
-    tools = grounded_tools(SPECS, [user("I had 1250 stickers and gave away 387. Save a note about it.")])
+    tools = grounded_tools(specs(), [user("I had 1250 stickers and gave away 387. Save a note about it.")])
     budgets = {t["function"]["name"]: call_token_budget([t]) for t in tools}
     assert all(0 < b < 2000 for b in budgets.values()), budgets
     assert (
@@ -123,7 +125,7 @@ def test_no_walk_through_the_grammar_outlasts_the_budget(compiler):
     take, always finish within call_token_budget."""
     tokenizer, xgr_compiler = compiler
     tools = decision_tools(
-        grounded_tools(SPECS[:6], [user("I had 1250 stickers and gave away 387. Lisbon?")])
+        grounded_tools(specs()[:6], [user("I had 1250 stickers and gave away 387. Lisbon?")])
     )
     compiled = xgr_compiler.compile_structural_tag(json.dumps(call_format(tools)))
     budget, rng = call_token_budget(tools), random.Random(0)
