@@ -81,7 +81,7 @@ bench: setup
 	$(PY) -m stage1_foundations bench
 	$(PY) -m stage1_foundations parity
 	$(PY) -m stage1_foundations train-bpe
-	$(PY) -m stage2_prompting_tools bench
+	$(PY) -m stage2_prompting_tools bench --serve
 	$(PY) -m stage3_retrieval bench
 	$(PY) -m stage4_finetune_align bench
 	$(PY) -m stage5_serving_ops bench

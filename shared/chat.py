@@ -295,6 +295,8 @@ class OpenAIChatModel:
         top_p: float,
         seed: int | None,
         stop: Sequence[str] | None,
+        tool_choice: Any = None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         validate_sampling(max_tokens, temperature, top_p)
         request: dict[str, Any] = {
@@ -306,6 +308,12 @@ class OpenAIChatModel:
         }
         if tools:
             request["tools"] = tools
+        if (
+            tool_choice is not None
+        ):  # "auto" | "required" | "none" | {"type": "function", "function": {"name": ...}}
+            request["tool_choice"] = tool_choice
+        if response_format is not None:  # e.g. {"type": "json_schema", ...}; vLLM also takes "structural_tag"
+            request["response_format"] = response_format
         if seed is not None:
             request["seed"] = seed
         if stop:
@@ -336,10 +344,13 @@ class OpenAIChatModel:
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
+        tool_choice: Any = None,
+        response_format: dict[str, Any] | None = None,
     ) -> ChatResponse:
         import openai
 
-        request = self._request(messages, tools, max_tokens, temperature, top_p, seed, stop)
+        request = self._request(messages, tools, max_tokens, temperature, top_p, seed, stop, tool_choice,
+                                response_format)  # fmt: skip
         start = time.perf_counter()
         try:
             completion = self.client.chat.completions.create(**request)

@@ -43,10 +43,17 @@ def stage1(r: dict[str, Any]) -> str:
 
 
 def stage2(r: dict[str, Any]) -> str:
-    c, u = r["constrained"], r["unconstrained"]
-    return (f"tool calls on {r['tasks']} tasks, constrained: right tool {c['selection_accuracy']:.0%}, valid "
-            f"{c['valid_call_rate']:.0%}, right arguments {c['argument_accuracy']:.0%} (free generation: valid "
-            f"{u['valid_call_rate']:.0%})")  # fmt: skip
+    tools = r["tools"]
+    runs = {(x["mode"], x["suite"]): x for x in tools["in_process"]["runs"]}
+    mode = tools["chosen_default"]
+    shipped, multi = runs[mode, "shipped"], runs[mode, "multistep"]
+    free = tools["in_process"]["no_grammar"]
+    best_multi = max((x for x in runs.values() if x["suite"] == "multistep"), key=lambda x: x["task_success"])
+    injected = max(tools["in_process"]["injection"], key=lambda x: x["ran"])
+    return (f"tool calls, default mode {mode}: shipped suite right tool {shipped['right_tool']:.0%}, valid "
+            f"{shipped['valid_call']:.0%}, task success {shipped['task_success']:.0%} (no grammar: valid "
+            f"{free['valid_call']:.0%}); two-step tasks {multi['task_success']:.0%} (best: {best_multi['mode']} "
+            f"{best_multi['task_success']:.0%}); injected tools run {injected['ran']:.0%} of {injected['attacks']} attacks")  # fmt: skip
 
 
 def stage3(r: dict[str, Any]) -> str:

@@ -1,173 +1,191 @@
-"""Measuring tool use: does the model pick the right tool, with the right arguments, and answer?
+"""`make bench` for stage 2: three benchmarks, one report (reports/stage2_tools.json).
 
-The shipped suite (data/tool_tasks.jsonl) has 36 questions, six per built-in tool, each with the
-expected tool and arguments. For every question we record:
+1. **Tools** (tool_eval.py, injection.py): every mode of agent.py on the shipped and the
+   multi-step suites, in process and, with `--serve` or `--base-url`, on the vLLM server with the
+   same prompts and grammars; the no-grammar ablation; the indirect prompt-injection suite on both;
+   and, on the server, what `tool_choice="required"` returns with and without `"strict": true`.
+   The default mode is chosen from these numbers (`chosen_default`: the best mean task success
+   over both suites, in process) and agent.DEFAULT_MODE must agree (the bench says if it does not).
+2. **Prompt designs** (prompts.py): four designs on the intent set's dev and test splits.
+3. **DSPy** (optimize.py): zero-shot, hand-written few-shot and optimized programs.
 
-    selected   the chosen tool is the expected one
-    valid      the call is a JSON object that the tool's schema accepts (a listed tool, by design)
-    arguments  the arguments mean the same as the expected ones (numbers as numbers, an expression
-               by its value, strings case-insensitively)
-    answered   (end to end) the final answer contains the expected figure, where one is fixed
-
-The HTTP tools answer from the local sample server (sample_apis.py), so the run is offline and
-repeatable. Configurations compared in one run: tool choice by router, likelihood and hybrid; and
-arguments with and without the grammar. Then the prompt designs of prompts.py on the intent set's
-dev and test splits, and the DSPy programs of optimize.py (zero-shot, hand-written few-shot,
-optimized) on the same splits.
-
-    python -m stage2_prompting_tools bench            # about 25 minutes on 2 CPU cores
-Writes reports/stage2_tools.json.
+    python -m stage2_prompting_tools bench --serve                 # what `make bench` runs
+    python -m stage2_prompting_tools bench --parts tools --limit 6 # a quick look
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from shared import paths
-from stage2_prompting_tools.agent import Agent
-from stage2_prompting_tools.constrained import ConstrainedToolModel
-from stage2_prompting_tools.prompts import compare_designs
-from stage2_prompting_tools.sample_apis import serve_sample_apis
-from stage2_prompting_tools.tools import BUILTIN_TOOLS, ToolError, safe_eval
+from shared.console import console, progress, show, table
 
-TASKS_PATH = Path(__file__).parent / "data" / "tool_tasks.jsonl"
+PARTS = ("tools", "prompts", "dspy")
+MODES_MEASURED = ("router", "hybrid", "model", "native")
+INJECTION_MODES = ("router", "model")  # the router never lets the model decide after a result; "model" does
 
 
-def load_tasks(path: Path = TASKS_PATH) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def tool_benchmarks(model: Any, router: Any, limit: int | None, tick: Callable[[], None]) -> dict[str, Any]:
+    """Every mode on both suites, then the injection suite, for one backend."""
+    from stage2_prompting_tools.injection import run_injection_suite
+    from stage2_prompting_tools.tool_eval import run_suite
+
+    runs = [run_suite(model, suite, mode, router, limit, on_task=tick)
+            for mode in MODES_MEASURED for suite in ("shipped", "multistep")]  # fmt: skip
+    injection = [run_injection_suite(model, mode, router=router, on_attack=tick) for mode in INJECTION_MODES]
+    return {"model": model.name, "runs": runs, "injection": injection}
 
 
-def same_value(expected: Any, actual: Any, key: str = "") -> bool:
-    if key == "expression":
-        try:
-            return abs(float(safe_eval(str(actual))) - float(safe_eval(str(expected)))) < 1e-9
-        except (ToolError, ValueError, TypeError):
-            return False
-    if isinstance(expected, int | float) and isinstance(actual, int | float):
-        return abs(expected - actual) < 1e-9
-    return str(expected).strip().lower() == str(actual).strip().lower()
+def tasks_in_tools(limit: int | None) -> int:
+    from stage2_prompting_tools.injection import ATTACKS
+    from stage2_prompting_tools.tool_eval import load_suite
+
+    per_mode = sum(len(load_suite(s)[:limit]) for s in ("shipped", "multistep"))
+    return len(MODES_MEASURED) * per_mode + len(INJECTION_MODES) * len(ATTACKS)
 
 
-def check_call(task: dict[str, Any], tool: str, arguments_text: str) -> dict[str, Any]:
-    """Score one call against the task's expectation."""
-    row: dict[str, Any] = {"id": task["id"], "expected_tool": task["tool"], "tool": tool,
-                           "arguments": arguments_text, "selected": tool == task["tool"]}  # fmt: skip
-    try:
-        arguments = json.loads(arguments_text)
-        BUILTIN_TOOLS[tool].validate(arguments)
-        row["valid"] = True
-    except (json.JSONDecodeError, ToolError, KeyError):
-        row["valid"], arguments = False, None
-    row["arguments_correct"] = bool(row["selected"] and row["valid"] and all(
-        same_value(v, arguments.get(k), k) for k, v in task["arguments"].items()))  # fmt: skip
-    return row
+def choose_default(runs: list[dict[str, Any]]) -> str:
+    """The mode with the best mean task success over the two suites (ties: the shipped suite decides)."""
+    success: dict[str, list[float]] = {}
+    for run in runs:
+        success.setdefault(run["mode"], [0.0, 0.0])[run["suite"] == "shipped"] += run["task_success"] / 2
+    shipped = {r["mode"]: r["task_success"] for r in runs if r["suite"] == "shipped"}
+    return max(success, key=lambda m: (sum(success[m]), shipped.get(m, 0.0)))
 
 
-def evaluate_calls(model: ConstrainedToolModel, tasks: list[dict[str, Any]],
-                   on_task: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Selection, validity and argument accuracy: one constrained call per task (no execution)."""
-    specs = [t.spec for t in BUILTIN_TOOLS.values()]
-    rows = []
-    start = time.perf_counter()
-    for task in tasks:
-        choice, _ = model.select(task["question"], specs)
-        arguments = model.arguments(task["question"], specs, choice)[0] if choice in BUILTIN_TOOLS else "{}"
-        rows.append(check_call(task, choice, arguments))
-        if on_task:
-            on_task()
-    return summarize(rows, time.perf_counter() - start)
+def run_benchmark(model_name: str, parts: list[str], base_url: str | None = None, serve: bool = False,
+                  limit: int | None = None) -> dict[str, Any]:  # fmt: skip
+    from shared.chat import LocalChatModel
 
+    report: dict[str, Any] = {"model": model_name, "parts": parts, "limit": limit, "seconds": {}}
+    chat_model = LocalChatModel(model_name)
+    report["device"] = chat_model.device
+    with progress() as bar:
+        if "tools" in parts:
+            start = time.perf_counter()
+            report["tools"] = tools_part(chat_model, model_name, base_url, serve, limit, bar)
+            report["seconds"]["tools"] = time.perf_counter() - start
+        if "prompts" in parts:
+            from stage2_prompting_tools.prompts import DESIGNS, compare_designs, load_intents
 
-def evaluate_selection(model: ConstrainedToolModel, tasks: list[dict[str, Any]],
-                       on_task: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    specs = [t.spec for t in BUILTIN_TOOLS.values()]
-    rows, start = [], time.perf_counter()
-    for task in tasks:
-        choice, _ = model.select(task["question"], specs)
-        rows.append({"id": task["id"], "expected_tool": task["tool"], "tool": choice,
-                     "selected": choice == task["tool"]})  # fmt: skip
-        if on_task:
-            on_task()
-    return summarize(rows, time.perf_counter() - start)
+            start = time.perf_counter()
+            task = bar.add_task(
+                "prompt designs", total=len(DESIGNS) * sum(len(load_intents(s)) for s in ("dev", "test"))
+            )
+            report["prompts"] = [row for split in ("dev", "test")
+                                 for row in compare_designs(chat_model, split, on_row=lambda: bar.advance(task))]  # fmt: skip
+            report["seconds"]["prompts"] = time.perf_counter() - start
+        if "dspy" in parts:
+            from stage2_prompting_tools.optimize import optimization_table, rows_in_table
 
-
-def evaluate_answers(model: ConstrainedToolModel, tasks: list[dict[str, Any]],
-                     on_task: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """End to end through the agent loop, against the sample APIs."""
-    rows, start = [], time.perf_counter()
-    saved = dict(os.environ)
-    with serve_sample_apis() as env:
-        os.environ.update(env)
-        try:
-            agent = Agent(model, list(BUILTIN_TOOLS.values()), max_steps=2)
-            for task in tasks:
-                result = agent.run(task["question"])
-                expected = task.get("answer_contains") or []
-                rows.append({"id": task["id"], "answer": result.answer,
-                             "tool_ok": bool(result.steps) and result.steps[0].error is None,
-                             "answered": all(e in result.answer.replace(",", "") for e in expected),
-                             "checked": bool(expected)})  # fmt: skip
-                if on_task:
-                    on_task()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-    checked = [r for r in rows if r["checked"]]
-    return {"n": len(rows), "tool_ran_without_error": sum(r["tool_ok"] for r in rows) / len(rows),
-            "answer_checked": len(checked),
-            "answer_accuracy": sum(r["answered"] for r in checked) / max(1, len(checked)),
-            "seconds_per_task": (time.perf_counter() - start) / len(rows), "rows": rows}  # fmt: skip
-
-
-def summarize(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    n = len(rows)
-    out: dict[str, Any] = {"n": n, "selection_accuracy": sum(r["selected"] for r in rows) / n}
-    if "valid" in rows[0]:
-        out["valid_call_rate"] = sum(r["valid"] for r in rows) / n
-        out["argument_accuracy"] = sum(r["arguments_correct"] for r in rows) / n
-    out["seconds_per_task"] = seconds / n
-    out["rows"] = rows
-    return out
-
-
-def steps_in_benchmark() -> int:
-    """How many on_task calls a run makes (for a progress bar)."""
-    from stage2_prompting_tools.optimize import rows_in_table
-    from stage2_prompting_tools.prompts import DESIGNS, load_intents
-
-    return (5 * len(load_tasks()) + len(DESIGNS) * (len(load_intents("dev")) + len(load_intents("test")))
-            + rows_in_table())  # fmt: skip
-
-
-def run_benchmark(chat_model: Any, on_task: Callable[[], None] | None = None) -> dict[str, Any]:
-    tasks = load_tasks()
-    default = ConstrainedToolModel(chat_model)  # router + grammar
-    report: dict[str, Any] = {"tasks": len(tasks), "model": chat_model.name}
-    report["constrained"] = evaluate_calls(default, tasks, on_task)
-    report["unconstrained"] = evaluate_calls(
-        ConstrainedToolModel(chat_model, constrain_arguments=False), tasks, on_task
-    )
-    report["selection"] = {
-        mode: evaluate_selection(ConstrainedToolModel(chat_model, selection=mode), tasks, on_task)
-        for mode in ("likelihood", "hybrid")
-    }
-    report["selection"]["router"] = {k: v for k, v in report["constrained"].items() if k != "valid_call_rate"}
-    report["end_to_end"] = evaluate_answers(default, tasks, on_task)
-    report["prompts"] = [
-        row for split in ("dev", "test") for row in compare_designs(chat_model, split, on_row=on_task)
-    ]
-    from stage2_prompting_tools.optimize import optimization_table
-
-    report["optimization"] = optimization_table(chat_model, "knn", on_row=on_task)
+            start = time.perf_counter()
+            task = bar.add_task("DSPy programs", total=rows_in_table())
+            report["optimization"] = optimization_table(chat_model, "knn", on_row=lambda: bar.advance(task))
+            report["seconds"]["dspy"] = time.perf_counter() - start
+    report["seconds"]["total"] = sum(report["seconds"].values())
     return report
 
 
-def write_report(report: dict[str, Any]) -> Path:
-    return paths.atomic_write_text(
-        paths.reports_dir() / "stage2_tools.json", json.dumps(report, indent=2) + "\n"
-    )
+def tools_part(chat_model: Any, model_name: str, base_url: str | None, serve: bool, limit: int | None,
+               bar: Any) -> dict[str, Any]:  # fmt: skip
+    import contextlib
+
+    from stage2_prompting_tools.agent import DEFAULT_MODE
+    from stage2_prompting_tools.routing import Router
+    from stage2_prompting_tools.served import ServedToolModel, required_probe, serve_vllm
+    from stage2_prompting_tools.tool_eval import run_suite
+    from stage2_prompting_tools.tool_model import ConstrainedToolModel
+
+    router = Router()
+    total = tasks_in_tools(limit)
+    task = bar.add_task("tool modes, in process", total=total + len(load_shipped(limit)))
+    model = ConstrainedToolModel(chat_model)
+    out: dict[str, Any] = {"in_process": tool_benchmarks(model, router, limit, lambda: bar.advance(task))}
+    out["in_process"]["jump_forward"] = {
+        "forward_passes": model.forward_passes,
+        "forced_tokens": model.forced_tokens,
+    }
+    free = ConstrainedToolModel(chat_model, constrain=False)
+    out["in_process"]["no_grammar"] = run_suite(free, "shipped", "router", router, limit, answer=False,
+                                                on_task=lambda: bar.advance(task))  # fmt: skip
+    out["chosen_default"] = choose_default(out["in_process"]["runs"])
+    out["default_in_code"] = DEFAULT_MODE
+    if base_url or serve:
+        with serve_vllm(model_name) if serve else contextlib.nullcontext() as server:
+            url = server.base_url if server else base_url
+            served = ServedToolModel(model_name, url)
+            task = bar.add_task("tool modes, served", total=total)
+            out["served"] = tool_benchmarks(served, router, limit, lambda: bar.advance(task))
+            out["served"]["required_probe"] = required_probe(served)
+            out["served"]["base_url"] = url
+    return out
+
+
+def load_shipped(limit: int | None) -> list[dict[str, Any]]:
+    from stage2_prompting_tools.tool_eval import load_suite
+
+    return load_suite("shipped")[:limit]
+
+
+# --------------------------------------------------------------------------------------------
+# Showing and writing
+
+
+def mode_table(runs: list[dict[str, Any]], title: str) -> Any:
+    return table(title, ["mode", "suite", "right tool", "valid call", "right arguments", "task success", "s/task"],
+                 [(r["mode"], r["suite"], *(f"{r[k]:.0%}" for k in ("right_tool", "valid_call", "right_arguments",
+                                                                     "task_success")),
+                   f"{r['seconds_per_task']:.1f}") for r in runs])  # fmt: skip
+
+
+def show_report(report: dict[str, Any]) -> None:
+    from stage2_prompting_tools.injection import injection_table
+
+    tools = report.get("tools")
+    if tools:
+        for backend in ("in_process", "served"):
+            if backend in tools:
+                part = tools[backend]
+                runs = part["runs"] + ([part["no_grammar"]] if "no_grammar" in part else [])
+                show(mode_table(runs, f"tool calls, {backend.replace('_', '-')}: {part['model']}"))
+                for inj in part["injection"]:
+                    show(
+                        injection_table(
+                            inj, f"indirect prompt injection, {backend.replace('_', '-')}, mode {inj['mode']}"
+                        )
+                    )
+        console.print(
+            f"default mode by the numbers: {tools['chosen_default']} (agent.DEFAULT_MODE: {tools['default_in_code']})"
+        )
+        if tools["chosen_default"] != tools["default_in_code"]:
+            console.print(
+                "[yellow]agent.DEFAULT_MODE differs from the measured best: update it and the README[/]"
+            )
+    if "prompts" in report:
+        designs = list(dict.fromkeys(r["design"] for r in report["prompts"]))
+        score = {(r["design"], r["split"]): r["accuracy"] for r in report["prompts"]}
+        show(table("prompt designs: intent accuracy (label likelihood, chance 17%)", ["design", "dev", "test"],
+                   [(d, f"{score[d, 'dev']:.0%}", f"{score[d, 'test']:.0%}") for d in designs]))  # fmt: skip
+    if "optimization" in report:
+        from stage2_prompting_tools.optimize import optimization_rows_table
+
+        show(optimization_rows_table(report["optimization"]))
+    console.print(f"took {report['seconds']['total'] / 60:.1f} min")
+
+
+def write_report(report: dict[str, Any], path: Path | None = None) -> Path:
+    """Write the report; parts this run did not measure are kept from the previous report."""
+    path = path or paths.reports_dir() / "stage2_tools.json"
+    try:
+        merged = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        merged = {}
+    seconds = {**merged.get("seconds", {}), **report["seconds"]}
+    merged.update(report)
+    merged["seconds"] = seconds
+    merged["seconds"]["total"] = sum(v for k, v in seconds.items() if k in PARTS)
+    return paths.atomic_write_text(path, json.dumps(merged, indent=2, default=str) + "\n")

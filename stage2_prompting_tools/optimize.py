@@ -298,3 +298,15 @@ def optimization_table(
 
 def rows_in_table(splits: Sequence[str] = ("dev", "test"), limit: int | None = None) -> int:
     return 3 * sum(len(load_intents(s)[:limit]) for s in splits)
+
+
+def optimization_rows_table(report: dict[str, Any]) -> Any:
+    """The accuracy table of an optimization report: one row per program, a column per split."""
+    from shared.console import table
+
+    splits = list(dict.fromkeys(r["split"] for r in report["rows"]))
+    programs = list(dict.fromkeys(r["program"] for r in report["rows"]))
+    cell = {(r["program"], r["split"]): r for r in report["rows"]}
+    return table("DSPy programs: intent accuracy (unparsed replies)", ["program", *splits],
+                 [(p, *(f"{cell[p, s]['accuracy']:.0%} ({cell[p, s]['unparsed']:.0%})" for s in splits))
+                  for p in programs])  # fmt: skip

@@ -13,9 +13,11 @@ compared like any other design choice, on held-out data, instead of argued about
 
 The task: classify customer-support messages into six intents (data/intents.jsonl: 120 train,
 42 dev, 48 test). The model does not generate the label; we read its preference directly: the
-log-probability of each label as its reply, one short forward pass per label over a shared, cached
-prompt. That makes the answer always one of the six, and makes the comparison about the prompt,
-not about output parsing.
+log-probability of each label *as its whole reply*, the label followed by the end-of-turn token
+`<|im_end|>`, one short forward pass per label over a shared, cached prompt. (Without the end token
+the score is that of the reply *starting* with the label: a label that opens a likelier longer
+reply, "billing" in "billing issue: ...", would collect that reply's probability too.) That makes the answer always one of the six, and makes
+the comparison about the prompt, not about output parsing.
 
     python -m stage2_prompting_tools prompts --split dev
 """
@@ -86,18 +88,23 @@ def build_messages(
 
 @torch.inference_mode()
 def continuation_logprobs(
-    model: Any, tokenizer: Any, prompt_ids: list[int], continuations: Sequence[str]
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[int],
+    continuations: Sequence[str],
+    end_ids: Sequence[int] = (),
 ) -> list[float]:
-    """log P(continuation | prompt) for each continuation, reusing one prefill of the prompt.
+    """log P(continuation + end | prompt) for each continuation, reusing one prefill of the prompt.
 
-    Example: prompt "...<|im_start|>assistant\\n", continuations ["billing", "shipping"] -> [-0.7, -2.3]
+    Example: prompt "...<|im_start|>assistant\\n", continuations ["billing", "shipping"], end [<|im_end|>]
+             -> [-0.7, -2.3]
     """
     device = model.device
     prefill = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True)
     first = prefill.logits[0, -1:].float()
     scores = []
     for text in continuations:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + list(end_ids)
         logits = first
         if len(ids) > 1:  # feed all but the last token after a private copy of the cache
             past = copy.deepcopy(prefill.past_key_values)
@@ -130,7 +137,14 @@ class IntentClassifier:
     def scores(self, text: str) -> dict[str, float]:
         messages = build_messages(text, self.config, self.examples_for(text))
         prompt_ids = self.chat_model.encode(messages)
-        values = continuation_logprobs(self.chat_model.model, self.chat_model.tokenizer, prompt_ids, INTENTS)
+        tokenizer = self.chat_model.tokenizer
+        values = continuation_logprobs(
+            self.chat_model.model,
+            tokenizer,
+            prompt_ids,
+            INTENTS,
+            end_ids=[tokenizer.convert_tokens_to_ids("<|im_end|>")],
+        )  # the whole reply
         return dict(zip(INTENTS, values, strict=True))
 
     def __call__(self, text: str) -> str:

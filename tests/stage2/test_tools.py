@@ -19,6 +19,8 @@ from stage2_prompting_tools.tools import (
     get_weather,
     http_get_json,
     safe_eval,
+    save_note,
+    select_tools,
     tool,
     wiki_summary,
 )
@@ -137,14 +139,6 @@ def test_local_tools():
         current_time(timezone="Mars/Olympus")
 
 
-@pytest.fixture
-def sample_apis(monkeypatch):
-    with serve_sample_apis() as env:
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        yield env
-
-
 @pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_http_tools_parse_the_real_response_shapes(sample_apis):
     weather = get_weather(city="Lisbon")
@@ -198,6 +192,33 @@ def test_annotated_hints_carry_extra_schema_keywords():
 @pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
 def test_builtin_registry():
     assert set(BUILTIN_TOOLS) == {"calculator", "convert_units", "current_time", "get_weather", "wiki_summary",
-                                  "convert_currency"}  # fmt: skip
+                                  "convert_currency", "save_note"}  # fmt: skip
     for t in BUILTIN_TOOLS.values():
         assert t.description and all("description" in p for p in t.parameters["properties"].values())
+    assert [t.name for t in BUILTIN_TOOLS.values() if t.side_effects] == ["save_note"]
+    with pytest.raises(ValueError, match="unknown tool"):
+        select_tools("calculator,nope")
+    assert [t.name for t in select_tools(" calculator ")] == ["calculator"]
+
+
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
+def test_every_builtin_pattern_is_bounded():
+    """A grammar built on these patterns always fits a token budget (grammar.py computes it from them)."""
+    from stage2_prompting_tools.grammar import max_regex_bytes
+
+    patterns = [p["pattern"] for t in BUILTIN_TOOLS.values() for p in t.parameters["properties"].values()
+                if "pattern" in p]  # fmt: skip
+    assert len(patterns) == 3 and all(max_regex_bytes(p) <= 200 for p in patterns)
+
+
+@pytest.mark.exercise("stage2.type_to_schema", "stage2.schema_from_signature")
+def test_save_note_writes_one_whole_file_under_artifacts():
+    from shared import paths
+
+    assert save_note.side_effects
+    message = save_note(title="Groceries list", text="milk and eggs")
+    path = paths.artifacts_dir() / "stage2" / "notes" / "groceries-list.md"
+    assert str(path) in message and path.read_text() == "# Groceries list\n\nmilk and eggs\n"
+    with pytest.raises(ToolError, match="does not match"):
+        save_note(title="../../etc/passwd", text="x")
+    assert list(path.parent.iterdir()) == [path], "no temporary file left behind"
