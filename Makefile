@@ -84,7 +84,7 @@ bench: setup
 	$(PY) -m stage2_prompting_tools bench --serve
 	$(PY) -m stage3_retrieval bench
 	$(PY) -m stage4_finetune_align bench
-	$(PY) -m stage5_serving_ops bench
+	$(PY) -m stage5_serving_ops bench --settings default,all-cores,all-cores+batch
 	$(PY) -m stage5_serving_ops race
 	$(PY) -m stage5_serving_ops quantize
 	$(PY) -m stage5_serving_ops calibrate

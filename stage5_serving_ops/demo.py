@@ -4,9 +4,10 @@
    watchdog if this process is killed);
 2. load: the same prompts sent by 1 user (one after another) and by 8 users (all at once), every
    request traced, priced and held by the budget guard; the throughput of both, measured here;
-3. RAG: stage 3's own pipeline answers a few golden questions through this server
+3. one RAG request traced span by span (retrieval, LLM, calculator tool: what `--otlp` sends to
+   Phoenix; traced, not priced); then stage 3's own pipeline answers a few golden questions through this server
    (`python -m stage3_retrieval export-eval --base-url ...`), its records written to a file;
-4. spend per route, and one request's trace as a tree;
+4. spend per route, and the RAG request's trace as a tree;
 5. Ragas on stage 3's records and the gate's verdict.
 """
 
@@ -38,6 +39,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from stage5_serving_ops.dataset import load_dataset
     from stage5_serving_ops.gate import gate, load_baseline, load_thresholds
     from stage5_serving_ops.launch import running_server, server_config
+    from stage5_serving_ops.phoenix import traced_rag_request
     from stage5_serving_ops.pipeline import DEFAULT, export, prepare, records_path
     from stage5_serving_ops.provenance import provenance
     from stage5_serving_ops.ragas_metrics import evaluate_set
@@ -86,6 +88,9 @@ def run_demo(args: argparse.Namespace) -> int:
                           "second of one, from the same server in the same run")  # fmt: skip
         console.print(f"[dim]{prompts[0]}[/dim] -> {responses[0].text.strip()[:160]}")
 
+        # one RAG request with a retrieval, an LLM and a tool span (the trace `--otlp` shows in Phoenix);
+        # traced but not priced: it does not go through the budget guard
+        console.print(f"traced RAG request: {traced_rag_request(tracing, model)[:160]}")
         out = records_path(DEFAULT).with_name("demo.jsonl")
         with tracing.span(
             "rag.stage3_export", "CHAIN", **{"input.value": f"{RAG_QUESTIONS} golden questions"}
@@ -107,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(f"budget guard: {len(recorded)} requests reserved before sending and settled after; "
                   + (f"[red]{len(over)} cost more than reserved[/red]" if over else "none cost more than reserved"))  # fmt: skip
     traces = list(read_traces(tracing.path).values())
-    show(render_tree(traces[-2] if len(traces) > 1 else traces[-1]))  # the last chat request's trace
+    show(render_tree(traces[-2] if len(traces) > 1 else traces[-1]))  # the traced RAG request
 
     for record in records:
         console.print(f"[dim]{record['question']}[/dim] -> {record['answer'][:160]}")

@@ -167,13 +167,29 @@ PASSAGES = [("block-size", "On vLLM's CPU backend a KV cache block holds 128 tok
             ("batching", "Continuous batching admits new requests between decode steps.")]  # fmt: skip
 
 
+def retrieve(question: str, passages: list[tuple[str, str]], k: int = 2) -> list[tuple[str, float, str]]:
+    """The k passages most similar to the question by MiniLM cosine: (id, score, text)."""
+    from shared.models import load_embedder
+
+    embedder = load_embedder()
+    vectors = embedder.encode([question] + [text for _, text in passages], normalize_embeddings=True)
+    scores = vectors[1:] @ vectors[0]
+    best = scores.argsort()[::-1][:k]
+    return [(passages[i][0], float(scores[i]), passages[i][1]) for i in best]
+
+
+def rag_prompt(question: str, contexts: list[str]) -> list[dict[str, str]]:
+    joined = "\n\n".join(contexts)
+    return [{"role": "user", "content": f"Answer from the context in one or two sentences.\n\nContext:\n{joined}\n\n"
+             f"Question: {question}"}]  # fmt: skip
+
+
 def traced_rag_request(tracing: Any, model: Any, question: str = QUESTION,
                        passages: list[tuple[str, str]] = PASSAGES) -> str:  # fmt: skip
     """One real request through a fixed pipeline, traced: retrieve the passages closest to the
     question (MiniLM), answer from them with the model, then check the arithmetic the question asks
     for with the calculator tool (a fixed step here; in stage 2's loop the model chooses its tools)."""
     from stage2_prompting_tools.tools import calculator
-    from stage5_serving_ops.demo import rag_prompt, retrieve
 
     with tracing.span("rag", "CHAIN", **{"input.value": question}) as span:
         found = tracing.retrieval(question, lambda q: retrieve(q, passages))

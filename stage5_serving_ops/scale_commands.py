@@ -12,6 +12,7 @@ memory a model needs and how many users fit), and what `serve` does past one dev
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,9 +105,46 @@ def cmd_race(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `plan --shipped` plans (reports/stage5_plans.json, the README's table): the served model on
+# this CPU, then the shipped configs on common GPUs. (name, config, precision, memory GiB, context, users)
+SHIPPED_PLANS = [
+    ("mistral-7b-v0.1", "bf16", 24, 8192, 1),
+    ("llama-3.1-8b", "bf16", 80, 8192, 16),
+    ("llama-3.1-8b", "nf4", 24, 8192, 4),
+    ("llama-3.1-70b", "bf16", 80, 8192, 16),
+    ("llama-3.1-70b", "bf16", 16, 8192, 8),
+    ("llama-3.1-70b", "nf4", 80, 32768, 8),
+]
+
+
+def shipped_plans() -> dict[str, Any]:
+    from stage5_serving_ops.plan import CONFIGS, choose_layout, load_shape, plan
+
+    served = plan(
+        load_shape("smollm2-135m-instruct", None), "bf16", kv_cache_gib=2, block_size=128, context=2048
+    )
+    layouts = [{**choose_layout(load_shape(None, str(CONFIGS / f"{name}.json")), precision, memory, context, users),
+                "memory_gib": memory} for name, precision, memory, context, users in SHIPPED_PLANS]  # fmt: skip
+    return {"served": served, "layouts": layouts}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from stage5_serving_ops.plan import choose_layout, load_shape, plan
 
+    if args.shipped:
+        report = shipped_plans()
+        out = paths.ensure(Path(args.out) if args.out else paths.reports_dir()) / "stage5_plans.json"
+        paths.atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        if args.json:
+            print_json(report)
+        else:
+            show(table("layouts for the shipped configs", ["model", "precision", "GiB per GPU", "context x users",
+                                                            "TP x PP", "nodes", "sequences that fit"],
+                       [(r["model"], r["precision"], r["memory_gib"], f"{r['context']:,} x {r['users_asked']}",
+                         f"{r['tensor_parallel_size']} x {r['pipeline_parallel_size']}", r["nodes"],
+                         r["concurrent_sequences"]) for r in report["layouts"]]))  # fmt: skip
+            console.print(f"wrote {out}")
+        return 0
     shape = load_shape(None if args.config else args.model, args.config)
     if args.users is not None:
         if args.memory_gib is None or args.context is None:
@@ -169,5 +207,8 @@ def add_plan_parser(sub: Any) -> None:
     p.add_argument(
         "--block-size", type=int, default=16, help="tokens per KV block (vLLM: 16 on a GPU, 128 on a CPU)"
     )
+    p.add_argument("--shipped", action="store_true",
+                   help="plan the shipped configs on common GPUs -> reports/stage5_plans.json (the README's table)")  # fmt: skip
+    p.add_argument("--out", default=None, help="report folder for --shipped (default reports/)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_plan)

