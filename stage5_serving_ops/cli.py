@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_server_options(p)
     p.add_argument("--api-key", default=None)
-    p.add_argument("--concurrency", default="1,4,16")
+    p.add_argument("--concurrency", default="1,2,4,8,16")
     p.add_argument("--requests", type=int, default=16, help="requests per level")
     p.add_argument("--max-tokens", type=int, default=64)
     add_report_options(p)

@@ -138,3 +138,25 @@ def test_a_client_that_disconnects_mid_stream_frees_its_blocks(server):
         assert time.monotonic() < deadline, f"the aborted request still holds blocks: {metrics}"
         time.sleep(0.2)
     assert metrics["waiting"] == 0 and metrics["finished"] >= 1
+
+
+def test_bench_costs_and_tracing_run_against_it(server, tmp_path):
+    """The stage's load benchmark, ledger and tracing, unchanged, against the hand-written engine."""
+    from shared.chat import OpenAIChatModel
+    from stage5_serving_ops.cli import main
+    from stage5_serving_ops.costs import Ledger, load_prices, price_for
+    from stage5_serving_ops.tracing import Tracing, read_traces
+
+    base_url = f"{server['base']}/v1"
+    assert main(["bench", "--base-url", base_url, "--api-key", KEY, "--concurrency", "1,2", "--requests", "2",
+                 "--max-tokens", "4", "--no-baseline", "--out", str(tmp_path), "--json"]) == 0  # fmt: skip
+    report = json.loads((tmp_path / "stage5_serving.json").read_text())
+    assert [lv["errors"] for lv in report["levels"]] == [0, 0] and report["levels"][1]["output_tokens"] == 8
+    tracing, ledger = Tracing(tmp_path / "traces.jsonl"), Ledger(tmp_path / "costs.jsonl")
+    response = tracing.chat(OpenAIChatModel("tiny", base_url, KEY), HELLO, route="hello", max_tokens=5)
+    entry = ledger.record(price_for(load_prices(), "smollm2-135m-instruct"), response.usage.prompt_tokens,
+                          response.usage.completion_tokens, "hello")  # fmt: skip
+    tracing.shutdown()
+    (span,) = [s for spans in read_traces(tmp_path / "traces.jsonl").values() for s in spans]
+    assert span["attributes"]["llm.token_count.completion"] == response.usage.completion_tokens == 5
+    assert entry["usd"] > 0 and ledger.summary()["by_route"]["hello"]["requests"] == 1
