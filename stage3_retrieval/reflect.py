@@ -41,7 +41,8 @@ REFUSAL = (
 )
 UNKNOWN = "I don't know: the sources I searched do not answer that."
 ANSWER, GIVE_UP = "answer", "give up"
-# Which answerer writes the answer (answering.py); chosen by the answer table on dev (README, "Measured").
+# Which answerer writes the answer (answering.py). Not yet chosen by a measurement: `eval --answers` reports
+# all three on the same questions; "fallback" is the default because it never ships an answer no passage backs.
 ANSWERER = "fallback"
 
 
@@ -95,8 +96,31 @@ class ModelJudge:
         messages = judge_messages(question, context)
         if hasattr(self.chat_model, "model") and hasattr(self.chat_model, "encode"):
             return math.exp(yes_logprob(self.chat_model, messages))
-        reply = self.chat_model.chat(messages, max_tokens=3).text.strip().lower()  # a server: read the reply
+        if hasattr(getattr(self.chat_model, "client", None), "chat"):
+            return served_p_yes(self.chat_model, messages)
+        reply = self.chat_model.chat(messages, max_tokens=3).text.strip().lower()  # any other backend
         return 1.0 if reply.startswith("yes") else 0.0
+
+
+def served_p_yes(chat_model: Any, messages: list[dict[str, str]]) -> float:
+    """The same P("yes") over an OpenAI-compatible server (vLLM): one generated token, read from its top-20
+    log-probabilities ("yes"/"Yes" pooled against "no"/"No"); 0.0 when neither is among them. Reading the
+    reply's text instead fails: SmolLM2 rarely replies with a bare "yes" ("The passages contain ...")."""
+    import math
+
+    from shared.chat import ChatError
+
+    try:
+        reply = chat_model.client.chat.completions.create(model=chat_model.name, messages=messages, max_tokens=1,
+                                                          temperature=0.0, logprobs=True, top_logprobs=20)  # fmt: skip
+    except Exception as e:
+        error = getattr(chat_model, "_error", None)
+        raise (error(e) if error else ChatError(f"judge request failed: {e}")) from e
+    logprobs = reply.choices[0].logprobs
+    top = logprobs.content[0].top_logprobs if logprobs and logprobs.content else []
+    yes = sum(math.exp(t.logprob) for t in top if t.token.strip().lower() == "yes")
+    no = sum(math.exp(t.logprob) for t in top if t.token.strip().lower() == "no")
+    return yes / (yes + no) if yes + no > 0 else 0.0
 
 
 @dataclass
