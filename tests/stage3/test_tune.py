@@ -28,8 +28,12 @@ def test_tuning_writes_to_artifacts_and_installs_only_on_purpose(retriever, monk
 
     rows = load_golden("dev")[:6]
     monkeypatch.setattr(tune, "load_golden", lambda split: rows)
-    monkeypatch.setattr(tune, "routed_sources", lambda index, rows: {r["question"]: r["source"] for r in rows})
-    monkeypatch.setattr(tune, "tune_router", lambda index: {"router": {"threshold": 0.4, "dev_accuracy": 1.0}})
+    monkeypatch.setattr(
+        tune, "routed_sources", lambda index, rows: {r["question"]: r["source"] for r in rows}
+    )
+    monkeypatch.setattr(
+        tune, "tune_router", lambda index: {"router": {"threshold": 0.4, "dev_accuracy": 1.0}}
+    )
     before = TUNED_PATH.read_bytes()
     tuned = tune.tune(retriever)
     assert TUNED_PATH.read_bytes() == before, "tuning never writes the package's data/ by itself"
