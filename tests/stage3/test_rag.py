@@ -264,3 +264,55 @@ def test_ask_on_the_real_model_answers_the_demo_question(corpus_index, chat_mode
     assert all(0.0 <= r.p_yes <= 1.0 for r in result.rounds)
     assert "nsmallest" in result.answer and "```" not in result.answer, result.answer
     assert result.citations and corpus_index.chunks[result.citations[0]].topic == "heapq"
+
+
+@pytest.mark.slow
+@pytest.mark.exercise("stage3.route_threshold")
+def test_export_eval_on_the_real_model_with_a_regression_flag(corpus_index, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from stage3_retrieval.export import FIELDS
+
+    out = tmp_path / "records.jsonl"
+    run = subprocess.run([sys.executable, "-m", "stage3_retrieval", "--index", str(corpus_index.path), "export-eval",
+                          str(out), "--limit", "1", "--mode", "bm25", "--no-reflect"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-500:]
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert tuple(record) == FIELDS and record["id"] == load_golden("test")[0]["id"]
+    assert (
+        record["meta"]["mode"] == "bm25" and record["meta"]["reflect"] is False and record["answer"].strip()
+    )
+    assert record["contexts"] and record["reference_contexts"]
+
+
+def test_the_judge_over_a_server_reads_p_yes_from_the_first_tokens_logprobs():
+    import math
+    from types import SimpleNamespace as NS
+
+    from stage3_retrieval.reflect import ModelJudge
+
+    class Completions:
+        def __init__(self, top):
+            self.top, self.requests = top, []
+
+        def create(self, **request):
+            self.requests.append(request)
+            top = [NS(token=t, logprob=math.log(p)) for t, p in self.top]
+            return NS(choices=[NS(logprobs=NS(content=[NS(token=self.top[0][0], top_logprobs=top)]))])
+
+    def served(top):
+        completions = Completions(top)
+        return NS(name="served", client=NS(chat=NS(completions=completions))), completions
+
+    context = Context(("passage",), ())
+    model, completions = served([("The", 0.5), (" Yes", 0.3), ("yes", 0.1), ("No", 0.1)])
+    assert ModelJudge(model)("q", context) == pytest.approx(0.8), (
+        "a reply that opens 'The' still has a P(yes)"
+    )
+    assert completions.requests[0]["max_tokens"] == 1 and completions.requests[0]["logprobs"] is True
+    assert ModelJudge(served([("The", 0.9)])[0])("q", context) == 0.0, (
+        "neither yes nor no among the top tokens"
+    )
