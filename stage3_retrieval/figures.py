@@ -174,7 +174,13 @@ def render(text: str, report: dict[str, Any] | None) -> str:
         if start not in text:
             continue
         try:
-            body = make(report) if report else ["no report yet: run `python -m stage3_retrieval bench`"]
+            body = (
+                make(report)
+                if report
+                else [
+                    "not measured yet: run `make bench` (or `python -m stage3_retrieval bench`), then `python -m stage3_retrieval figures`"
+                ]
+            )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             body = [f"reports/stage3_retrieval.json lacks what this table needs ({e!r}): rerun the bench"]
         pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
