@@ -10,9 +10,13 @@ come back. For the ranked list of a question:
     nDCG@10   relevant topics discounted by log2(rank + 1), divided by the best possible ordering:
               rewards finding *all* the relevant topics, early
 
-Averaged over questions, per search mode, with the query latency's p50 and p95. Tuning (fusion
-method and weights, whether to rerank, the router's threshold) happens on dev and is written to
-data/tuned.json; test is only ever measured.
+Averaged over questions, per search mode, with the query latency's p50 and p95 (nearest rank).
+Tuning (tune.py: fusion, route filter, reranker, router threshold) happens on dev only; test and
+the held-out split are only ever measured.
+
+Splits of data/golden.jsonl: `dev` (tune on it), `test` (report it), `heldout` (natural questions
+over the Python reference, written at the same time as the dev additions and set aside by a seeded
+shuffle before any tuning: the check that a choice made on dev carries to new questions).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import paths
-from stage3_retrieval.hybrid import CANDIDATES, MODES, TUNED_PATH, Retriever, rrf, weighted_fusion
+from stage3_retrieval.hybrid import MODES, Retriever
 
 GOLDEN_PATH = Path(__file__).parent / "data" / "golden.jsonl"
 
@@ -66,89 +70,62 @@ def average(per_question: list[dict[str, float]]) -> dict[str, float]:
     return {m: statistics.fmean(q[m] for q in per_question) for m in per_question[0]}
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it.
+
+    Example: percentile(range(1, 21), 95) -> 19   (19 of 20 values are <= 19; the 20th is the maximum)
+    """
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = math.ceil(q / 100 * len(ordered))  # 1-based
+    return ordered[max(rank, 1) - 1]
+
+
 def evaluate_mode(retriever: Retriever, rows: Sequence[dict[str, Any]], mode: str,
-                  on_row: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
+                  on_row: Callable[[], None] | None = None,
+                  sources: dict[str, str | None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Mean rank metrics and latency of `mode` on `rows`. `sources` (question -> source) applies the route
+    filter; a question routed out of scope (source "out_of_scope") retrieves nothing and scores 0."""
     chunks, per_question, latencies = retriever.index.chunks, [], []
     for row in rows:
+        source = (sources or {}).get(row["question"])
         start = time.perf_counter()
-        hits = retriever.search(row["question"], mode, k=10)
+        hits = (
+            [] if source == "out_of_scope" else retriever.search(row["question"], mode, k=10, source=source)
+        )
         latencies.append(1000 * (time.perf_counter() - start))
         ranked = [(chunks[h.id].source, chunks[h.id].topic) for h in hits]
         per_question.append(judge_ranking(ranked, relevant_of(row)))
         if on_row:
             on_row()
-    latencies.sort()
     return {"mode": mode, "n": len(rows), **average(per_question),
-            "p50_ms": statistics.median(latencies), "p95_ms": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))]}  # fmt: skip
+            "p50_ms": statistics.median(latencies), "p95_ms": percentile(latencies, 95)}  # fmt: skip
 
 
 def evaluate_modes(retriever: Retriever, split: str = "test", modes: Sequence[str] = MODES,
-                   on_row: Callable[[], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                   on_row: Callable[[], None] | None = None,
+                   sources: dict[str, str | None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     rows = load_golden(split)
     retriever.search("warm up the models", "rerank" if "rerank" in modes else "hybrid")
-    return [evaluate_mode(retriever, rows, mode, on_row) for mode in modes]
+    return [evaluate_mode(retriever, rows, mode, on_row, sources) for mode in modes]
+
+
+def routed_sources(index: Any, rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """question -> the source the router sends it to (or "out_of_scope"): the route filter as deployed."""
+    from stage3_retrieval.router import SemanticRouter
+
+    router = SemanticRouter(index=index)
+    return {row["question"]: router.route(row["question"]).name for row in rows}
+
+
+def true_sources(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """question -> its labelled source: the route filter with a perfect router (an upper bound)."""
+    return {row["question"]: row["source"] for row in rows}
 
 
 # ---------------------------------------------------------------------------------------------
-# Tuning on dev
-
-
-def fusion_grid() -> list[dict[str, Any]]:
-    grid: list[dict[str, Any]] = [
-        {"method": "rrf", "weights": [w, 1.0], "k": 60} for w in (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
-    ]
-    grid += [{"method": "weighted", "alpha": round(a / 10, 1)} for a in range(0, 11)]
-    return grid
-
-
-def tune(retriever: Retriever, on_row: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Choose the fusion, the reranker and the router threshold on dev; write data/tuned.json."""
-    from stage3_retrieval.router import SemanticRouter, load_routes, routing_accuracy
-
-    rows = load_golden("dev")
-    chunks = retriever.index.chunks
-    candidates = []
-    for row in rows:  # the two candidate lists once per question; every fusion reuses them
-        candidates.append((retriever.index.dense.search(row["question"], CANDIDATES),
-                           retriever.index.bm25.search(row["question"], CANDIDATES)))  # fmt: skip
-        if on_row:
-            on_row()
-    scored = []
-    for fusion in fusion_grid():
-        per_question = []
-        for row, (dense, keyword) in zip(rows, candidates, strict=True):
-            fused = (weighted_fusion(dense, keyword, fusion["alpha"]) if fusion["method"] == "weighted"
-                     else rrf([[d for d, _ in dense], [d for d, _ in keyword]], fusion["weights"], fusion["k"]))  # fmt: skip
-            ranked = [(chunks[d].source, chunks[d].topic) for d, _ in fused[:10]]
-            per_question.append(judge_ranking(ranked, relevant_of(row)))
-        scored.append({**fusion, **average(per_question)})
-    best = max(scored, key=lambda s: (s["mrr@10"], s["ndcg@10"]))
-    fusion = {k: best[k] for k in ("method", "weights", "k", "alpha") if k in best}
-    tuned_retriever = Retriever(retriever.index, fusion, retriever._reranker)
-    hybrid = evaluate_mode(tuned_retriever, rows, "hybrid", on_row)
-    reranked = evaluate_mode(tuned_retriever, rows, "rerank", on_row)
-    route_rows = load_routes("dev")
-    thresholds = [round(0.15 + 0.025 * i, 3) for i in range(21)]
-    routers = {}
-    for key, index in (("router", retriever.index), ("router_examples_only", None)):
-        router = SemanticRouter(threshold=0.0, index=index)
-        cache = {r["query"]: router.scores(r["query"]) for r in route_rows}
-        accuracy = {t: routing_accuracy(router, route_rows, t, cache) for t in thresholds}
-        threshold = max(thresholds, key=lambda t, a=accuracy: (a[t], -abs(t - 0.4)))
-        routers[key] = {"threshold": threshold, "dev_accuracy": accuracy[threshold]}
-    tuned = {"tuned_on": "dev", "questions": len(rows), "fusion": fusion, "fusion_dev": {"mrr@10": best["mrr@10"],
-             "ndcg@10": best["ndcg@10"]},
-             "rerank": {"use": reranked["mrr@10"] > hybrid["mrr@10"], "hybrid_mrr@10": hybrid["mrr@10"],
-                        "rerank_mrr@10": reranked["mrr@10"]},
-             **routers,
-             "grid": [{k: v for k, v in s.items() if k in ("method", "weights", "alpha", "mrr@10", "ndcg@10")}
-                      for s in scored]}  # fmt: skip
-    paths.atomic_write_text(TUNED_PATH, json.dumps(tuned, indent=2) + "\n")
-    return tuned
-
-
-# ---------------------------------------------------------------------------------------------
-# Routing, the plot, and the export for stage 5
+# Routing and the plot
 
 
 def evaluate_routing(index: Any, split: str = "test") -> dict[str, Any]:
@@ -187,23 +164,3 @@ def plot_modes(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     paths.ensure(path.parent)
     paths.atomic_savefig(fig, path, dpi=120)
     return path
-
-
-def export_records(rag: Any, rows: Sequence[dict[str, Any]], out: Path,
-                   on_row: Callable[[], None] | None = None) -> int:  # fmt: skip
-    """JSONL records {id, question, contexts, answer, reference, reference_contexts} of the RAG's answers, for
-    stage 5's Ragas; reference_contexts: the text of each relevant topic, from the index's chunks."""
-    lines = []
-    chunks = sorted(rag.retriever.index.chunks.values(), key=lambda c: c.position)
-    for row in rows:
-        result = rag.ask(row["question"])
-        reference_contexts = ["\n\n".join(c.text for c in chunks if c.topic == topic and c.source == row["source"])
-                              for topic in row["relevant"]]  # fmt: skip
-        lines.append(json.dumps({"id": row["id"], "question": row["question"], "contexts": result.contexts,
-                                 "answer": result.answer, "reference": row.get("answer", ""),
-                                 "reference_contexts": [t for t in reference_contexts if t],
-                                 "relevant": row["relevant"], "citations": result.citations}, ensure_ascii=False))  # fmt: skip
-        if on_row:
-            on_row()
-    paths.atomic_write_text(out, "\n".join(lines) + "\n")
-    return len(lines)

@@ -9,8 +9,9 @@ what they mention in common. GraphRAG makes that structure explicit:
                  (ZeroDivisionError), built-in functions, standard-library modules
     edges        two entities mentioned in the same chunk (weight: in how many chunks), and each
                  entity to the topic it appears in (the cross-reference the docs' structure gives)
-    communities  Louvain clustering of the graph, each summarised by its central entities and the
-                 topics they come from: a map of the corpus by subject
+    communities  Louvain clustering of the graph: groups of entities mentioned together, with their
+                 central entities and the topics they come from, a map of the corpus by subject
+                 (communities.py summarises each one and searches the summaries: global search)
     local search the query's entities, expanded to their strongest neighbours; chunks are ranked by
                  how many of those entities they mention (the query's own count most)
 
@@ -35,12 +36,18 @@ from stage3_retrieval.ingest import STDLIB_MODULES, Chunk
 QUOTED = re.compile(r"[\"`']{1,2}([A-Za-z_][A-Za-z0-9_.]*)(?:\(\))?[\"`']{1,2}")
 DUNDER = re.compile(r"\b__[a-z][a-z0-9_]*__\b")
 EXCEPTION = re.compile(r"\b[A-Z][A-Za-z]*(?:Error|Exception|Warning|Exit|Interrupt|Iteration)\b")
+DOTTED = re.compile(
+    r"\b[a-z_][a-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+"
+)  # heapq.nsmallest, concurrent.futures.Future
 KEYWORDS = frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) - {"_"}
 BUILTIN_NAMES = frozenset(
     n for n in dir(builtins) if not n.startswith("_") and callable(getattr(builtins, n))
 )
 MODULES = frozenset(STDLIB_MODULES)
 MAX_ENTITIES_PER_CHUNK = 40
+# Louvain's resolution: above 1 it prefers smaller communities. At 1 the ~480-entity graph falls into
+# ~11 groups of up to ~70 entities, too broad for a four-sentence summary to speak for; at 2, ~17.
+RESOLUTION = 2.0
 # Entity names that are also everyday English: in a query they count only when quoted as code.
 COMMON_WORDS = frozenset(
     """and as case class copy else false filter for format from help if in input is iter list
@@ -58,7 +65,7 @@ def kind_of(name: str) -> str | None:
         return "exception"
     if name in BUILTIN_NAMES:
         return "builtin"
-    if name.split(".")[0] in MODULES:
+    if name in MODULES or name.split(".")[0] in MODULES:
         return "module"
     return None
 
@@ -73,10 +80,16 @@ def extract_entities(text: str) -> list[str]:
     candidates = [(m.start(), m.group(1)) for m in QUOTED.finditer(text)]
     candidates += [(m.start(), m.group()) for m in DUNDER.finditer(text)]
     candidates += [(m.start(), m.group()) for m in EXCEPTION.finditer(text)]
+    candidates += [(m.start(), m.group()) for m in DOTTED.finditer(text)]
     for _, name in sorted(candidates):
         name = name.rstrip(".")
-        if name.split(".")[0] in MODULES and name.split(".")[0] != name and kind_of(name.split(".")[0]):
-            name = name.split(".")[0]  # json.dumps -> the module json
+        if "." in name:  # json.dumps -> the module json; concurrent.futures.Future -> concurrent.futures
+            parts = name.split(".")
+            module = next(
+                (".".join(parts[:i]) for i in range(len(parts), 0, -1) if ".".join(parts[:i]) in MODULES),
+                None,
+            )
+            name = module or name
         if kind_of(name):
             found.setdefault(name, None)
     return list(found)
@@ -109,6 +122,8 @@ class EntityGraph:
         topic_counts: dict[str, Counter] = defaultdict(Counter)
         for chunk in chunks:
             entities = extract_entities(chunk.text)[:MAX_ENTITIES_PER_CHUNK]
+            if chunk.source == "stdlib-docs" and chunk.topic not in entities:
+                entities.insert(0, chunk.topic)  # a module's own docs are about that module, named or not
             topic = f"topic:{chunk.source}/{chunk.topic}"
             graph.add_node(topic, kind="topic")
             for i, entity in enumerate(entities):
@@ -121,22 +136,20 @@ class EntityGraph:
         communities = []
         entity_nodes = graph.subgraph(n for n, k in graph.nodes(data="kind") if k != "topic")
         for i, members in enumerate(
-            nx.community.louvain_communities(entity_nodes, weight="weight", seed=seed)
+            nx.community.louvain_communities(entity_nodes, weight="weight", resolution=RESOLUTION, seed=seed)
         ):
             if len(members) < 2:
                 continue
-            degree = sorted(members, key=lambda n: -entity_nodes.degree(n, weight="weight"))
-            topics = Counter()
+            by_degree = sorted(members, key=lambda n: (-entity_nodes.degree(n, weight="weight"), n))
+            topics: Counter = Counter()
             for member in members:
                 topics.update(topic_counts[member])
-            communities.append({"id": i, "size": len(members), "central": degree[:8],
-                                "topics": [t for t, _ in topics.most_common(5)],
-                                "summary": f"{', '.join(degree[:6])} (mostly in: "
-                                           f"{', '.join(t for t, _ in topics.most_common(3))})"})  # fmt: skip
+            communities.append({"id": i, "size": len(members), "central": by_degree[:8], "members": by_degree,
+                                "topics": [t for t, _ in topics.most_common(5)]})  # fmt: skip
         for c in communities:
             for member in c["central"]:
                 graph.nodes[member]["community"] = c["id"]
-        return cls(graph, dict(postings), sorted(communities, key=lambda c: -c["size"]))
+        return cls(graph, dict(postings), sorted(communities, key=lambda c: (-c["size"], c["id"])))
 
     def neighbours(self, entity: str, n: int = 5) -> list[tuple[str, int]]:
         if entity not in self.graph:

@@ -119,26 +119,30 @@ class Retriever:
             [[d for d, _ in dense], [d for d, _ in keyword]], fusion.get("weights"), fusion.get("k", 60)
         )
 
-    def search(self, query: str, mode: str = "hybrid", k: int = 10, vector: Any = None) -> list[Hit]:
+    def search(self, query: str, mode: str = "hybrid", k: int = 10, vector: Any = None,
+               source: str | None = None) -> list[Hit]:  # fmt: skip
+        """The k best chunks for `query` in `mode`; with `source`, only that source's chunks (the route
+        filter: both indexes search within it, so the fused and reranked lists hold nothing else)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         if not query.strip():
             return []
         start = time.perf_counter()
+        where = {"source": source} if source else None
         if mode == "bm25":
-            results = self.index.bm25.search(query, k)
+            results = self.index.bm25.search(query, k, source)
         elif mode == "dense":
-            results = self.index.dense.search(query, k, vector)
+            results = self.index.dense.search(query, k, vector, where)
         else:
-            dense = self.index.dense.search(query, CANDIDATES, vector)
-            keyword = self.index.bm25.search(query, CANDIDATES)
+            dense = self.index.dense.search(query, CANDIDATES, vector, where)
+            keyword = self.index.bm25.search(query, CANDIDATES, source)
             fusion = {"method": "rrf", "weights": [1.0, 1.0]} if mode == "rrf" else self.fusion
             results = self.fuse(dense, keyword, fusion)
             if mode == "rerank":
-                head = [d for d, _ in results[:RERANK_DEPTH]]
-                texts = [self.index.chunks[d].searchable() for d in head]
-                results = sorted(
-                    zip(head, self.reranker.score(query, texts), strict=True), key=lambda x: -x[1]
-                )
+                results = self.rerank(query, [d for d, _ in results[:RERANK_DEPTH]])
         self.last_timings = {"search_s": time.perf_counter() - start}
         return [Hit(d, s) for d, s in results[:k]]
+
+    def rerank(self, query: str, head: Sequence[str]) -> list[tuple[str, float]]:
+        texts = [self.index.chunks[d].searchable() for d in head]
+        return sorted(zip(head, self.reranker.score(query, texts), strict=True), key=lambda x: -x[1])

@@ -44,8 +44,7 @@ STDLIB_MODULES = (
     "subprocess", "tarfile", "tempfile", "textwrap", "threading", "time", "timeit", "traceback", "typing",
     "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile",
 )  # fmt: skip
-COURSE_PACKAGES = ("stage1_foundations", "stage2_prompting_tools", "stage3_retrieval", "stage4_finetune_align",
-                   "stage5_serving_ops")  # fmt: skip
+COURSE_PACKAGES = ("stage1_foundations", "stage2_prompting_tools")
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,11 @@ def module_text(name: str) -> str:
         member = getattr(module, member_name, None)
         if not (inspect.isclass(member) or inspect.isroutine(member)):
             continue
-        if not str(getattr(member, "__module__", "") or "").startswith(name.split(".")[0]):
-            continue  # re-exported from elsewhere (os.PathLike is fine, typing's re-exports of abc are not)
+        home = str(getattr(member, "__module__", "") or "")
+        if not home.lstrip("_").startswith(name.split(".")[0]):
+            # re-exported from elsewhere (typing's re-exports of abc are not typing's). The C
+            # accelerator of a module is its own: heapq.heappush lives in _heapq, bisect's in _bisect.
+            continue
         doc = inspect.getdoc(member)
         if doc:
             parts.append(f"## {name}.{member_name}\n\n{doc}")

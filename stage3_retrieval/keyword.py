@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import numpy as np
 from rank_bm25 import BM25Okapi
 
 from stage3_retrieval.ingest import Chunk
@@ -50,13 +51,18 @@ class BM25Index:
         if not chunks:
             raise ValueError("no chunks to index")
         self.ids = [c.id for c in chunks]
+        self.sources = np.array([c.source for c in chunks])  # (n_chunks,) for the route filter
         self.bm25 = BM25Okapi([tokenize(c.searchable()) for c in chunks], k1=k1, b=b)
 
-    def search(self, query: str, k: int = 10) -> list[tuple[str, float]]:
-        """The k best (chunk id, score), best first; only chunks sharing at least one term."""
+    def search(self, query: str, k: int = 10, source: str | None = None) -> list[tuple[str, float]]:
+        """The k best (chunk id, score), best first; only chunks sharing at least one term, and only
+        chunks of `source` when one is given (IDF stays the whole corpus's: the filter narrows the
+        candidates, it does not change what a word is worth)."""
         terms = tokenize(query)
         if not terms:
             return []
-        scores = self.bm25.get_scores(terms)
+        scores = self.bm25.get_scores(terms)  # (n_chunks,)
+        if source is not None:
+            scores = np.where(self.sources == source, scores, 0.0)
         best = scores.argsort()[::-1][:k]
         return [(self.ids[i], float(scores[i])) for i in best if scores[i] > 0]

@@ -12,8 +12,13 @@ them. Two kinds here:
                     and the chunk's score is the mean of those best similarities. Words are matched
                     one by one, in context, instead of through one averaged vector.
 
-Whether a reranker earns its place is a measurement, not a belief: evaluate.py scores `rerank`
-against `hybrid` on the same questions, and the pipeline uses it only if it wins on dev.
+    llm             the chat model as a pointwise relevance judge: for each candidate, the
+                    probability it gives "yes" against "no" to "does this passage answer the
+                    question?" (one forward pass per candidate, no generation). The field's
+                    other offline option; at 135M parameters it is measured, not assumed
+
+Whether a reranker earns its place is a measurement, not a belief: tune.py scores `rerank`
+against `hybrid` on the same dev questions, and the pipeline uses it only if it wins there.
 """
 
 from __future__ import annotations
@@ -73,10 +78,42 @@ class CrossEncoderReranker:
         return [float(s) for s in self.model.predict([(query, t) for t in texts], show_progress_bar=False)]
 
 
+class LLMReranker:
+    """Pointwise relevance from the chat model's next-token distribution: P("yes") / (P("yes") + P("no"))."""
+
+    name = "llm"
+
+    def __init__(self, chat_model: Any = None, max_chars: int = 700):
+        self.chat_model, self.max_chars = chat_model, max_chars
+
+    def score(self, query: str, texts: Sequence[str]) -> list[float]:
+        from stage3_retrieval.reflect import yes_logprob
+
+        if self.chat_model is None:
+            from shared.chat import LocalChatModel
+
+            self.chat_model = LocalChatModel()
+        return [
+            yes_logprob(self.chat_model, relevance_messages(query, text[: self.max_chars])) for text in texts
+        ]
+
+
+def relevance_messages(query: str, text: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You judge whether a passage answers a question. Reply yes or no."},
+        {
+            "role": "user",
+            "content": f"Passage: {text}\n\nQuestion: {query}\n\nDoes the passage answer the question?",
+        },
+    ]
+
+
 @functools.lru_cache(maxsize=4)
 def make_reranker(name: str = "maxsim") -> Any:
     if name == "maxsim":
         return MaxSimReranker()
+    if name == "llm":
+        return LLMReranker()
     if Path(name).expanduser().is_dir() or "/" in name:
         return CrossEncoderReranker(
             str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name

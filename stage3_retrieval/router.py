@@ -11,6 +11,14 @@ answering a cooking question from the Python docs.
 
 The threshold trades wrong refusals against wrong answers. It is tuned on the dev split of the
 routing set (data/routes.jsonl) and kept in data/tuned.json; the test split only measures.
+Tie rules, stated because they decide borderline queries: a score exactly at the threshold is in
+scope (>=); two routes with the same best score go to the one listed first in
+data/route_examples.json; and tuning picks, among thresholds with equal dev accuracy, the median
+(tune.py).
+
+In scope, the route also *filters*: the pipeline searches only the routed source's chunks in both
+indexes (hybrid.Retriever.search(source=...)), so a stdlib question cannot be answered from a
+course README that happens to share its words. Whether that helps is measured on dev (tune.py).
 """
 
 from __future__ import annotations
@@ -85,8 +93,8 @@ def choose_route(scores: dict[str, float], threshold: float) -> str:
 
     Example: choose_route({"python-reference": 0.62, "stdlib-docs": 0.41}, 0.4) -> "python-reference"
     """
-    # EXERCISE stage3.route_threshold: take the route with the highest score; return its name if that score >= threshold, else OUT_OF_SCOPE
-    best = max(scores, key=scores.get)
+    # EXERCISE stage3.route_threshold: take the route with the highest score (the first listed on a tie); return its name if that score >= threshold, else OUT_OF_SCOPE
+    best = max(scores, key=scores.get)  # max keeps the first of equal scores
     return best if scores[best] >= threshold else OUT_OF_SCOPE
     # END EXERCISE
 

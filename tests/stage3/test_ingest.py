@@ -86,3 +86,50 @@ def test_an_unknown_source_or_chunker_is_an_error():
         load_documents(["nope"])
     with pytest.raises(ValueError, match="unknown chunker"):
         chunk_documents([], "nope")
+
+
+def test_c_accelerated_functions_belong_to_their_module():
+    text = ingest.module_text("heapq")
+    assert "## heapq.heappush" in text and "## heapq.nsmallest" in text, (
+        "heappush lives in _heapq, still heapq's"
+    )
+    assert "## bisect.bisect_left" in ingest.module_text("bisect")
+    assert "## typing.ABCMeta" not in ingest.module_text("typing"), "a re-export from abc is not typing's"
+
+
+def normalised(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9_]+", text.lower()))
+
+
+def test_the_data_readme_names_the_readmes_that_are_indexed():
+    from pathlib import Path
+
+    readme = (Path(ingest.__file__).parent / "data" / "README.md").read_text()
+    named = re.search(r"Indexed course READMEs: (.+)\.", readme)
+    assert named, "data/README.md says which course READMEs are indexed"
+    assert tuple(re.findall(r"`(stage\d_\w+)`", named.group(1))) == ingest.COURSE_PACKAGES
+
+
+def test_no_evaluation_query_is_copied_from_an_indexed_readme():
+    from stage3_retrieval.evaluate import load_golden
+    from stage3_retrieval.router import load_routes
+
+    corpus = [normalised(d.text) for d in load_documents(["course-docs"])]
+    queries = [r["question"] for r in load_golden()] + [r["query"] for r in load_routes()]
+    copied = [q for q in queries if any(normalised(q) in text for text in corpus)]
+    assert not copied, f"evaluation queries found verbatim in an indexed README: {copied[:3]}"
+
+
+def test_labels_with_evidence_name_exactly_the_topics_that_hold_it():
+    from stage3_retrieval.evaluate import load_golden
+
+    texts = {(d.source, d.topic): " ".join(d.text.split()) for d in load_documents()}
+    checked = 0
+    for row in load_golden():
+        if "evidence" not in row:
+            continue
+        holding = {t for (s, t), text in texts.items() if s == row["source"]
+                   for e in row["evidence"] if " ".join(e.split()) in text}  # fmt: skip
+        assert set(row["relevant"]) == holding, (row["id"], row["relevant"], sorted(holding))
+        checked += 1
+    assert checked >= 100
