@@ -251,6 +251,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def add_gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
+    )
+    p.add_argument(
+        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
+    )
+
+
 def add_report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="report folder (default reports/)")
     p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
@@ -348,12 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--judge", action="store_true", help="also the LLM-judged metrics, the served model as judge"
     )
-    p.add_argument(
-        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
-    )
-    p.add_argument(
-        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
-    )
+    add_gate_options(p)
     add_report_options(p)
     p.set_defaults(handler=cmd_eval)
 
@@ -384,12 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--check", action="store_true", help="exit 1 unless the default passes and every regression fails"
     )
-    p.add_argument(
-        "--thresholds", default=None, help="a thresholds TOML (default: data/eval_thresholds.toml)"
-    )
-    p.add_argument(
-        "--baseline", default=None, help="per-question baseline scores (default: data/eval_baseline.json)"
-    )
+    add_gate_options(p)
     add_report_options(p)
     p.set_defaults(handler=cmd_regressions)
 
