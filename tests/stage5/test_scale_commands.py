@@ -47,6 +47,7 @@ def test_the_race_runs_every_workload_and_reports_ratios_and_targets(tiny_dir, t
     assert json.loads(json_path.read_text())["ratios"] == report["ratios"] and png.stat().st_size > 10_000
 
 
+@pytest.mark.exercise("stage5.kv_capacity")
 def test_plan_finds_the_smallest_layout_and_prints_json(capsys):
     config = "stage5_serving_ops/data/configs/llama-3.1-70b.json"
     assert (

@@ -19,6 +19,7 @@ from stage5_serving_ops.server import free_port
 from stage5_serving_ops.watchdog import process_group_members
 
 # `serve` with the stand-in API server of fake_vllm.py in place of vLLM's (everything else is real)
+REPO = Path(__file__).resolve().parents[2]
 STAND_IN = ("import sys, stage5_serving_ops.server as s; s.VLLM_MODULE = 'tests.stage5.fake_vllm'; "
             "from stage5_serving_ops.cli import entry; sys.exit(entry())")  # fmt: skip
 
@@ -55,7 +56,10 @@ def start_serve(tmp_path: Path, stand_in: bool, timeout: float) -> tuple[subproc
     port = free_port()
     head = [sys.executable, "-c", STAND_IN] if stand_in else [sys.executable, "-m", "stage5_serving_ops"]
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (kept open for the child's lifetime)
-    env = {**os.environ, "LLM_ROADMAP_ARTIFACTS": str(tmp_path)}
+    # the repository root last on the path, so the stand-in (tests.stage5.fake_vllm) is found from an
+    # exercise workspace too, whose own packages come first
+    path = [p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p]
+    env = {**os.environ, "LLM_ROADMAP_ARTIFACTS": str(tmp_path), "PYTHONPATH": os.pathsep.join(path)}
     cli = subprocess.Popen([*head, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=log, env=env)
     ready = threading.Event()
     threading.Thread(target=lambda: cli.stdout.readline() and ready.set(), daemon=True).start()
