@@ -98,6 +98,24 @@ def race(start: Start, levels: list[int], requests: int, max_tokens: int, api_ke
         spec_chat, spec_chat_texts = _one_user(server, prompts, len(prompts), max_tokens, api_key)
         after = engine_metrics(server.base_url, api_key)
 
+    # Greedy verification keeps the output exactly greedy only in exact arithmetic: in bfloat16, scoring
+    # five tokens in one pass rounds differently from five single steps, so near-ties can flip. The
+    # same prompts in float32 show how much of the difference is rounding.
+    exact: dict[str, tuple[dict[int, str], dict[int, str]]] = {}
+    for label, options in (
+        ("plain", {"dtype": "float32"}),
+        ("speculative", {"dtype": "float32", "speculative_tokens": 4}),
+    ):
+        with start("scratch", options) as server:
+            step(f"scratch in float32, {label}: one user")
+            exact[label] = (_one_user(server, copies, len(copies), max_tokens, api_key)[1],
+                            _one_user(server, prompts, len(prompts), max_tokens, api_key)[1])  # fmt: skip
+    report["speculative_float32"] = {
+        name: {"identical_replies": sum(exact["plain"][k].get(i) == t for i, t in exact["speculative"][k].items()),
+               "replies": len(exact["speculative"][k])}
+        for k, name in enumerate(("copy", "chat"))
+    }  # fmt: skip
+
     def acceptance(a: dict[str, Any], b: dict[str, Any]) -> float | None:
         proposed = b["spec_proposed"] - a["spec_proposed"]
         return (b["spec_accepted"] - a["spec_accepted"]) / proposed if proposed else None

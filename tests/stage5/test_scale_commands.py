@@ -31,16 +31,18 @@ def test_the_race_runs_every_workload_and_reports_ratios_and_targets(tiny_dir, t
             yield s
 
     report = race(start, [1, 2], requests=2, max_tokens=4)
-    assert started == [("vllm", {}), ("scratch", {}), ("scratch", {"prefix_caching": False}),
-                       ("scratch", {"speculative_tokens": 4})]  # fmt: skip
+    assert started[:4] == [("vllm", {}), ("scratch", {}), ("scratch", {"prefix_caching": False}),
+                           ("scratch", {"speculative_tokens": 4})]  # fmt: skip
+    assert [options.get("dtype") for _, options in started[4:]] == ["float32", "float32"]
     assert [lv["concurrency"] for lv in report["levels"]["scratch"]] == [1, 2]
     assert all(lv["errors"] == 0 for rows in report["levels"].values() for lv in rows)
     assert set(report["prefix_caching"]) == {"vllm_on", "scratch_on", "scratch_off"}
     copy = report["speculative"]["copy"]
-    assert copy["replies"] > 0 and copy["identical_replies"] == copy["replies"], (
-        "greedy speculation changes nothing"
+    assert copy["replies"] > 0 and 0.0 <= copy["acceptance_rate"] <= 1.0
+    exact = report["speculative_float32"]
+    assert all(v["identical_replies"] == v["replies"] > 0 for v in exact.values()), (
+        "float32: speculation changes nothing"
     )
-    assert 0.0 <= copy["acceptance_rate"] <= 1.0
     assert set(report["ratios"]) >= {"scratch_2_vs_1", "scratch_vs_vllm_at_2", "prefix_ttft_speedup"}
     assert len(report["targets"]) == 4
     json_path, png = write_report(report, tmp_path)
