@@ -1,8 +1,12 @@
-"""`make figures`: the headline numbers of every benchmark report, written into the top README.
+"""`make figures`: the numbers of every benchmark report, written into the READMEs.
 
-The README's "Measured" section sits between two HTML comments and is generated from the JSON that
-`make bench` writes under reports/, so the numbers a learner reads are the numbers a run produced.
-A report that is missing leaves its stage's row saying so (run that stage's bench).
+The top README's "Measured" section sits between two HTML comments and is generated from the JSON
+that `make bench` writes under reports/, so the numbers a learner reads are the numbers a run
+produced. A report that is missing leaves its stage's row saying so (run that stage's bench).
+
+A stage may keep its own measured sections the same way: its `figures.py` lists `SECTIONS`
+(`(name, report file, render)`: the text between `<!-- name:start -->` and `<!-- name:end -->` in the
+stage's README) and `ASSETS` (plots copied from reports/ into the stage's `assets/`).
 
     .venv/bin/python -m shared.figures            # rewrite the section in README.md
     .venv/bin/python -m shared.figures --check    # exit 1 if README.md differs from the reports
@@ -86,6 +90,23 @@ def stage5_quant(r: dict[str, Any]) -> str:
     )
 
 
+def stage5_gate(r: dict[str, Any]) -> str:
+    verdicts = ", ".join(
+        f"{name} {'passes' if run['gate']['passed'] else 'fails'}" for name, run in r["runs"].items()
+    )
+    return f"eval gate on {r['n']} of stage 3's answers served by vLLM: {verdicts}"
+
+
+def stage5_calibration(r: dict[str, Any]) -> str:
+    rows = {row["metric"]: row for row in r["rows"]}
+    text = "calibration agreement (good vs bad): " + ", ".join(
+        f"{name.replace('non_llm_', '').replace('_with_reference', '')} {row['agreement']:.2f}"
+        for name, row in rows.items() if row["agreement"] is not None)  # fmt: skip
+    if r.get("judge"):
+        text += f"; judge parse rate {r['judge']['parse_rate']:.0%}"
+    return text
+
+
 SOURCES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("1", "stage1_decode.json", stage1),
     ("2", "stage2_tools.json", stage2),
@@ -93,6 +114,8 @@ SOURCES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
     ("4", "stage4_train.json", stage4),
     ("5", "stage5_serving.json", stage5),
     ("5", "stage5_quantization.json", stage5_quant),
+    ("5", "stage5_calibration.json", stage5_calibration),
+    ("5", "stage5_gate.json", stage5_gate),
 ]
 
 
@@ -118,20 +141,89 @@ def update(readme: Path, reports: Path | None = None) -> tuple[str, str]:
     return text, before + section(reports) + after
 
 
+STAGE_PACKAGES = ("stage1_foundations", "stage2_prompting_tools", "stage3_retrieval", "stage4_finetune_align",
+                  "stage5_serving_ops")  # fmt: skip
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise BadInput(f"no {start} ... {end} section to fill")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n{body}\n{end}{after}"
+
+
+def stage_figure_modules() -> list[tuple[str, Any]]:
+    """(package, its figures module) for every stage that has one."""
+    import importlib
+
+    found = []
+    for package in STAGE_PACKAGES:
+        try:
+            found.append((package, importlib.import_module(f"{package}.figures")))
+        except ModuleNotFoundError:
+            continue
+    return found
+
+
+def stage_updates(reports: Path | None = None) -> list[tuple[Path, str, str]]:
+    """(README path, old text, new text) for every stage that keeps measured sections in its README."""
+    reports = reports or paths.reports_dir()
+    updates = []
+    for package, module in stage_figure_modules():
+        readme = paths.REPO_ROOT / package / "README.md"
+        old = new = readme.read_text(encoding="utf-8")
+        for name, report_name, render in module.SECTIONS:
+            report = _load(report_name, reports)
+            if report is None:
+                continue  # keep what the README says until that bench has run
+            try:
+                new = replace_section(new, name, render(report))
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                raise BadInput(
+                    f"reports/{report_name} has an unexpected shape ({e!r}); rerun its bench"
+                ) from None
+        updates.append((readme, old, new))
+    return updates
+
+
+def copy_assets(reports: Path | None = None) -> list[Path]:
+    reports = reports or paths.reports_dir()
+    copied = []
+    for package, module in stage_figure_modules():
+        for name in getattr(module, "ASSETS", []):
+            source = reports / name
+            if source.is_file():
+                target = paths.ensure(paths.REPO_ROOT / package / "assets") / name
+                paths.atomic_write_bytes(target, source.read_bytes())
+                copied.append(target)
+    return copied
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shared.figures", description=__doc__.split("\n")[0])
     parser.add_argument("--readme", type=Path, default=paths.REPO_ROOT / "README.md")
     parser.add_argument("--check", action="store_true", help="only say whether the README is up to date")
     args = parser.parse_args(argv)
     old, new = update(args.readme)
+    updates = [(args.readme, old, new), *stage_updates()]
+    stale = [str(path.relative_to(paths.REPO_ROOT)) for path, a, b in updates if a != b]
     if args.check:
         console.print(
-            "README figures are up to date" if old == new else "README figures differ from reports/"
+            "README figures are up to date"
+            if not stale
+            else f"figures differ from reports/ in {', '.join(stale)}"
         )
-        return 0 if old == new else 1
-    if new != old:
-        paths.atomic_write_text(args.readme, new)
-    console.print(f"{args.readme}: figures {'updated' if new != old else 'already up to date'}")
+        return 0 if not stale else 1
+    for path, a, b in updates:
+        if a != b:
+            paths.atomic_write_text(path, b)
+        console.print(
+            f"{path.relative_to(paths.REPO_ROOT)}: figures {'updated' if a != b else 'already up to date'}"
+        )
+    for asset in copy_assets():
+        console.print(f"copied {asset.relative_to(paths.REPO_ROOT)}")
     return 0
 
 
