@@ -78,7 +78,10 @@ def prompts(r: dict[str, Any]) -> str:
 
 def default(r: dict[str, Any]) -> str:
     if "tools" not in r:
-        return missing("tools")
+        from stage2_prompting_tools.agent import DEFAULT_MODE
+
+        return (f"The default mode is `{DEFAULT_MODE}` (`agent.DEFAULT_MODE`). Whether the numbers agree is not "
+                f"measured yet: run `{BENCH} --parts tools` (writes reports/{REPORT}).")  # fmt: skip
     t = r["tools"]
     runs = runs_of(r)
     chosen = t["chosen_default"]

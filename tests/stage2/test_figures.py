@@ -87,6 +87,7 @@ def test_every_section_renders_the_reports_numbers(report):
 def test_a_part_not_measured_says_how_to_measure_it(report):
     del report["optimization"], report["tools"]["served"]
     assert "--parts dspy" in figures.dspy(report)
+    assert "`router` (`agent.DEFAULT_MODE`)" in figures.default({"seconds": {}})
     assert "--serve" in figures.probe(report)
     assert "not measured in this run" in figures.modes(report)
 
