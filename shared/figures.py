@@ -177,12 +177,18 @@ def stage_figure_modules() -> list[tuple[str, Any]]:
 
 
 def stage_updates(reports: Path | None = None) -> list[tuple[Path, str, str]]:
-    """(README path, old text, new text) for every stage that keeps measured sections in its README."""
+    """(README path, old text, new text) for every stage that keeps measured sections in its README.
+
+    A stage's figures module either lists SECTIONS (name, report, render) for `<!-- name:start -->`
+    markers, or defines `readme_text(text, reports_dir) -> text` itself."""
     reports = reports or paths.reports_dir()
     updates = []
     for package, module in stage_figure_modules():
         readme = paths.REPO_ROOT / package / "README.md"
         old = new = readme.read_text(encoding="utf-8")
+        if hasattr(module, "readme_text"):  # a stage that renders its README its own way (stage 3)
+            updates.append((readme, old, module.readme_text(old, reports)))
+            continue
         for name, report_name, render in module.SECTIONS:
             report = _load(report_name, reports)
             if report is None:

@@ -189,6 +189,18 @@ def render(text: str, report: dict[str, Any] | None) -> str:
     return text
 
 
+def readme_text(text: str, reports: Path) -> str:
+    """What `make figures` (shared/figures.py) writes: the tables from reports/, or the text as it is
+    while there is no report yet."""
+    path = reports / "stage3_retrieval.json"
+    if not path.is_file():
+        return text
+    try:
+        return render(text, json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise BadInput(f"cannot read {path}: {e}") from None
+
+
 def update_readme(readme: Path = README, report_path: Path | None = None, check: bool = False) -> bool:
     """Rewrite (or with `check`, only compare) the README's tables; True if they differ from the report."""
     report_path = report_path or paths.reports_dir() / "stage3_retrieval.json"
