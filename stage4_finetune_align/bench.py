@@ -87,6 +87,7 @@ def measure_method(method: str, model: str = DEFAULT_CHAT_MODEL, train_args: lis
     row: dict[str, Any] = {
         "method": method, "label": METHOD_LABELS[method], "likelihood_accuracy": result["likelihood_accuracy"],
         "likelihood_accuracy_by_fault": result["likelihood_accuracy_by_fault"],
+        "median_logprob_gap_by_fault": result["median_logprob_gap_by_fault"],
         "all_rules": g["all_rules"], "mean_sentences": g["mean_sentences"], "blame_rate": g["blame_rate"],
         "at_most_three_sentences_rate": g["at_most_three_sentences_rate"], "next_step_rate": g["next_step_rate"],
         "held_out_pairs": result["n"], "held_out_prompts": g["prompts"], "max_new_tokens": g["max_new_tokens"],

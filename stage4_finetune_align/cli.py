@@ -118,7 +118,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result.get("likelihood_accuracy") is not None:
         d = result["training_diagnostic"]
         console.print(f"{who} on {result['n']} {args.split} pairs: likelihood accuracy {result['likelihood_accuracy']:.3f} "
-                      f"({', '.join(f'{k} {v:.2f}' for k, v in result['likelihood_accuracy_by_fault'].items())}); "
+                      f"({', '.join(f'{k} {v:.2f}' for k, v in result['likelihood_accuracy_by_fault'].items())}; median "
+                      f"log p(chosen) - log p(rejected): {', '.join(f'{k} {v:+.1f}' for k, v in result['median_logprob_gap_by_fault'].items())} nats); "
                       f"{result['lengths']['truncated_share']:.0%} cut at {result['lengths']['max_length']} tokens")  # fmt: skip
         console.print(f"[dim]training diagnostic (implicit reward vs the base; the base is 0.5 by construction): "
                       f"accuracy {d['implicit_reward_accuracy']:.3f}, mean margin {d['mean_margin']:.2f}[/]")  # fmt: skip

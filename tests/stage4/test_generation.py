@@ -66,6 +66,7 @@ def test_served_replies_keep_the_order_of_the_prompts():
     ]
 
 
+@pytest.mark.exercise("stage4.style_score")
 def test_the_rules_on_the_datas_own_answers():
     """Calibrating the instrument: the sentence and blame rules hold on every chosen answer; the next-step
     rule is narrower than the data's idea of a next step (it misses imperatives such as "Sign up, then ...")."""

@@ -173,7 +173,26 @@ def test_the_merged_directory_is_the_adapted_model(dpo_run, tmp_path):
     assert tokenizer.chat_template, "the chat template travels with it, for the server"
 
 
+def test_likelihood_figures_per_fault_count_wins_and_measure_the_gap():
+    from stage4_finetune_align.evaluate import likelihood_figures
+
+    pairs = [{"fault": "curt"}, {"fault": "curt"}, {"fault": "rambling"}, {"fault": "curt"}]
+    figures = likelihood_figures(
+        pairs, chosen=[-30.0, -20.0, -40.0, -25.0], rejected=[-10.0, -21.0, -200.0, -5.0]
+    )
+    assert figures["likelihood_accuracy"] == 0.5
+    assert figures["likelihood_accuracy_by_fault"] == {"curt": pytest.approx(1 / 3), "rambling": 1.0}
+    assert figures["median_logprob_gap_by_fault"] == {"curt": -20.0, "rambling": 160.0}, (
+        "gaps -20, 1, -20: median -20"
+    )
+    even = likelihood_figures(pairs[:2], chosen=[-30.0, -20.0], rejected=[-10.0, -21.0])
+    assert even["median_logprob_gap_by_fault"]["curt"] == pytest.approx(-9.5), (
+        "an even count: mean of the middle two"
+    )
+
+
 @pytest.mark.slow
+@pytest.mark.exercise("stage4.dpo_loss")
 def test_held_out_scoring_before_and_after(dpo_run):
     _, out = dpo_run
     pairs = load_pairs(split="test")[:6]
@@ -187,6 +206,7 @@ def test_held_out_scoring_before_and_after(dpo_run):
     assert base["likelihood_accuracy_by_fault"]["curt"] == 0.0, (
         "a 7-token curt reply is likelier than a helpful one"
     )
+    assert base["median_logprob_gap_by_fault"]["curt"] < 0, "lost: the curt reply is the likelier one"
     tuned = preference_eval(pairs, out / "adapter")
     assert tuned["training_diagnostic"]["mean_margin"] != 0 and 0 <= tuned["likelihood_accuracy"] <= 1
 
