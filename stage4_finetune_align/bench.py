@@ -4,8 +4,9 @@ Two tables, each row in a fresh process (`train --json`), so its time and peak m
 
 - methods: base, SFT, DPO, SFT then DPO, each trained with the capstone's settings (LoRA on the
   full-precision base) and evaluated on the held-out set: likelihood accuracy on the pairs, and
-  the style figures of greedy replies to every held-out prompt. The capstone's default method is
-  the one these numbers chose, inside the 10-minute budget;
+  the style figures of greedy replies to every held-out prompt. `verdict` sets the capstone's
+  default method against the targets (10 minutes, style, lift over the base, likelihood accuracy);
+  the default belongs to whichever method this table shows meets them;
 - precisions: a few DPO steps at each precision of the frozen base (fp32 LoRA, int8, NF4 QLoRA):
   seconds per step (the median after the first, which pays for lazy initialisation), the base's
   footprint and the process's peak memory.

@@ -423,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-precisions", dest="precisions", action="store_false", help="skip the precision table"
     )
+    p.add_argument("--no-served", dest="served", action="store_false",
+                   help="skip merging the default method and scoring it through stage 5's vLLM server")  # fmt: skip
     p.add_argument("--steps", type=int, default=3, help="DPO steps per precision (the first is not timed)")
     p.add_argument("--batch-size", type=int, default=2, help="batch size of the precision runs")
     p.add_argument("--out", default=None, help="report folder (default reports/)")

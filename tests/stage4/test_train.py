@@ -239,3 +239,10 @@ def test_bench_times_a_precision_in_its_own_process(tmp_path, capsys):
     assert row["peak_memory_mb"] > row["base_footprint_mb"] > 400
     assert (tmp_path / "stage4_train.png").stat().st_size > 10_000
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_bench_serves_the_default_method_unless_told_not_to():
+    from stage4_finetune_align.cli import build_parser
+
+    assert build_parser().parse_args(["bench"]).served is True
+    assert build_parser().parse_args(["bench", "--no-served"]).served is False
