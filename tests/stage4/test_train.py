@@ -102,9 +102,12 @@ def test_dpo_changes_the_lora_weights_not_the_base(dpo_run):
     assert len(losses) == 3 and min(losses[1:]) < losses[0], "the loss fell below its start (ln 2)"
     assert (out / "metrics.json").is_file() and (out / "metrics.png").is_file()
     assert 0 < summary["trainable_parameters"] < 10_000_000
-    assert summary["lengths"]["max_length"] == 240 and summary["lengths"]["truncated_share"] == 0.0
+    fitted = summary["lengths"]["max_length"]  # fitted to these 8 pairs and the SFT set: 224 tokens, not 240
+    assert summary["lengths"]["truncated_share"] == 0.0 and fitted < 240
     recorded = json.loads((out / "adapter" / "stage4_train.json").read_text())
-    assert recorded["max_length"] == 240 and recorded["method"] == "dpo", "evaluation reads the same length"
+    assert recorded["max_length"] == fitted and recorded["method"] == "dpo", (
+        "evaluation reads the same length"
+    )
 
 
 @pytest.mark.slow
