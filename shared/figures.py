@@ -65,12 +65,17 @@ def stage3(r: dict[str, Any]) -> str:
 
 
 def stage4(r: dict[str, Any]) -> str:
-    rows = ", ".join(f"{p['quant']} {p['seconds_per_step']:.1f} s/step" for p in r["precisions"])
-    text = f"DPO step ({r['precisions'][0]['device']}): {rows}"
-    cap = r.get("capstone")
-    if cap:
-        text += (f"; default run {cap['steps']} steps in {cap['wall_seconds'] / 60:.1f} min, held-out preference "
-                 f"accuracy {cap['preference_accuracy_before']:.2f} -> {cap['preference_accuracy_after']:.2f}")  # fmt: skip
+    methods = {m["method"]: m for m in r.get("methods", [])}
+    parts = [f"{m['method']} {m['all_rules']:.0%} / {m['likelihood_accuracy']:.2f}"
+             + (f" in {m['minutes']:.1f} min" if m["minutes"] else "") for m in methods.values()]  # fmt: skip
+    text = (f"held-out replies meeting all 3 style rules / likelihood accuracy on held-out pairs: {', '.join(parts)}"
+            f" (default {r['default_method']})") if parts else ""  # fmt: skip
+    if r.get("served"):
+        sv = r["served"]
+        text += f"; served by vLLM {sv['all_rules']:.0%} ({sv['identical_replies']}/{sv['prompts']} replies as in process)"
+    if r.get("precisions"):
+        rows = ", ".join(f"{p['quant']} {p['seconds_per_step']:.1f} s/step" for p in r["precisions"])
+        text += ("; " if text else "") + f"DPO step ({r['precisions'][0]['device']}): {rows}"
     return text
 
 

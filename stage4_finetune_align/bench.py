@@ -1,22 +1,31 @@
-"""What adapting a model costs: seconds per step and peak memory for LoRA, QLoRA and 8-bit, and the capstone run.
+"""What each way of adapting costs and buys: minutes, s/step and memory, then what the model writes.
 
-Each precision trains in its own process (`train --json`), so its peak memory is its own and not the
-largest of the runs before it. Step time is the median over the steps after the first (the first pays
-for lazy initialisation). The capstone row is `make stage4`'s default run (30 DPO steps, LoRA on the
-full-precision base) with held-out preference accuracy before and after.
+Two tables, each row in a fresh process (`train --json`), so its time and peak memory are its own:
+
+- methods: base, SFT, DPO, SFT then DPO, each trained with the capstone's settings (LoRA on the
+  full-precision base) and evaluated on the held-out set: likelihood accuracy on the pairs, and
+  the style figures of greedy replies to every held-out prompt. `verdict` sets the capstone's
+  default method against the targets (10 minutes, style, lift over the base, likelihood accuracy);
+  the default belongs to whichever method this table shows meets them;
+- precisions: a few DPO steps at each precision of the frozen base (fp32 LoRA, int8, NF4 QLoRA):
+  seconds per step (the median after the first, which pays for lazy initialisation), the base's
+  footprint and the process's peak memory.
+
+Timings are only worth comparing on an otherwise idle machine: torch's threads stall when another
+process takes a core (run it under `flock -x` on a shared machine).
 
     python -m stage4_finetune_align bench                       # -> reports/stage4_train.json + .png
-    python -m stage4_finetune_align bench --no-capstone --steps 2
+    python -m stage4_finetune_align bench --methods base,sft --no-precisions
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +35,19 @@ from shared.console import WorkFailed
 from shared.models import DEFAULT_CHAT_MODEL
 
 LABELS = {"none": "LoRA (fp32 base)", "8bit": "LoRA on int8 base", "4bit": "QLoRA (NF4 base)"}
+METHOD_LABELS = {"base": "base (no training)", "sft": "SFT", "dpo": "DPO", "sft-dpo": "SFT, then DPO"}
+TARGETS = {"minutes_at_most": 10.0, "all_rules_at_least": 0.8, "all_rules_lift_over_base_at_least": 0.3,
+           "likelihood_accuracy_at_least": 0.8}  # fmt: skip
+
+
+def run_json(args: list[str], what: str) -> dict[str, Any]:
+    """`python -m stage4_finetune_align ARGS --json` in a fresh process; its JSON, or WorkFailed with its last line."""
+    done = subprocess.run([sys.executable, "-m", "stage4_finetune_align", *args, "--json"], capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise WorkFailed(f"{what} failed: {tail}")
+    return json.loads(done.stdout)
 
 
 def measure_precision(
@@ -33,13 +55,8 @@ def measure_precision(
 ) -> dict[str, Any]:
     """Train `steps` DPO steps at one precision in a fresh process; its timing and peak memory."""
     with tempfile.TemporaryDirectory(prefix=f"stage4-bench-{quant}-") as out:
-        command = [sys.executable, "-m", "stage4_finetune_align", "train", "--quant", quant, "--steps", str(steps),
-                   "--batch-size", str(batch_size), "--model", model, "--out", out, "--json"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise WorkFailed(f"training with --quant {quant} failed: {tail}")
-        summary = json.loads(done.stdout)
+        summary = run_json(["train", "--method", "dpo", "--quant", quant, "--steps", str(steps), "--batch-size",
+                            str(batch_size), "--model", model, "--out", out], f"training with --quant {quant}")  # fmt: skip
     timed = summary["step_seconds"][1:] or summary["step_seconds"]
     return {"quant": quant, "label": LABELS[quant], "device": summary["device"], "steps": summary["steps"],
             "batch_size": batch_size, "seconds_per_step": statistics.median(timed),
@@ -47,29 +64,91 @@ def measure_precision(
             "base_footprint_mb": summary["base_footprint_mb"], "trainable_parameters": summary["trainable_parameters"]}  # fmt: skip
 
 
-def capstone(model: str = DEFAULT_CHAT_MODEL, on_step: Callable[[dict[str, Any]], None] | None = None,
-             on_pair: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """The default run, timed from start to adapter, and held-out preference accuracy before and after."""
-    from stage4_finetune_align.data import load_pairs
-    from stage4_finetune_align.dpo import TrainConfig, train
-    from stage4_finetune_align.evaluate import preference_eval
+def bench_dir(method: str) -> Path:
+    """Where the bench keeps a method's run (its adapter is what `served` merges and serves)."""
+    return paths.artifacts_dir() / "stage4" / "bench" / method
 
-    with tempfile.TemporaryDirectory(prefix="stage4-capstone-") as out:
-        config = TrainConfig(model=model, out=out)
-        start = time.perf_counter()
-        summary = train(config, on_step=on_step)
-        wall = time.perf_counter() - start
-        pairs = load_pairs(split="test")
-        before = preference_eval(pairs, None, model, on_pair=on_pair)
-        after = preference_eval(pairs, Path(summary["adapter"]), model, on_pair=on_pair)
-    return {"steps": summary["steps"], "batch_size": config.batch_size, "wall_seconds": wall,
-            "seconds_per_step": summary["seconds_per_step"], "peak_memory_mb": summary["peak_memory_mb"],
-            "device": summary["device"], "held_out_pairs": before["n"],
-            "preference_accuracy_before": before["preference_accuracy"],
-            "preference_accuracy_after": after["preference_accuracy"], "mean_margin_after": after["mean_margin"],
-            "likelihood_accuracy_before": before["likelihood_accuracy"],
-            "likelihood_accuracy_after": after["likelihood_accuracy"],
-            "targets": {"wall_seconds_at_most": 600, "preference_accuracy_after_at_least": 0.8}}  # fmt: skip
+
+def measure_method(method: str, model: str = DEFAULT_CHAT_MODEL, train_args: list[str] | None = None,
+                   on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train one method with the default settings (none for the base), then evaluate it, each in a fresh process."""
+    out = bench_dir(method)
+    summary = None
+    if method != "base":
+        if on_stage:
+            on_stage(f"{method}: training")
+        shutil.rmtree(out, ignore_errors=True)
+        summary = run_json(["train", "--method", method, "--model", model, "--out", str(out), *(train_args or [])],
+                           f"training {method}")  # fmt: skip
+    if on_stage:
+        on_stage(f"{method}: held-out pairs and replies")
+    adapter = ["--adapter", summary["adapter"]] if summary else []
+    result = run_json(["eval", "--model", model, *adapter], f"evaluating {method}")
+    g = result["generation"]
+    row: dict[str, Any] = {
+        "method": method, "label": METHOD_LABELS[method], "likelihood_accuracy": result["likelihood_accuracy"],
+        "likelihood_accuracy_by_fault": result["likelihood_accuracy_by_fault"],
+        "median_logprob_gap_by_fault": result["median_logprob_gap_by_fault"],
+        "all_rules": g["all_rules"], "mean_sentences": g["mean_sentences"], "blame_rate": g["blame_rate"],
+        "at_most_three_sentences_rate": g["at_most_three_sentences_rate"], "next_step_rate": g["next_step_rate"],
+        "held_out_pairs": result["n"], "held_out_prompts": g["prompts"], "max_new_tokens": g["max_new_tokens"],
+        "truncated_share": result["lengths"]["truncated_share"], "max_length": result["lengths"]["max_length"],
+        "implicit_reward_accuracy_diagnostic": result["training_diagnostic"]["implicit_reward_accuracy"],
+        "eval_seconds": result["pairs_seconds"] + g["seconds"], "replies": g["replies"],
+        "minutes": 0.0, "seconds_per_step": None, "steps": 0}  # fmt: skip
+    if summary:
+        row.update(minutes=summary["wall_seconds"] / 60, seconds_per_step=summary["seconds_per_step"],
+                   steps=summary["steps"], peak_memory_mb=summary["peak_memory_mb"],
+                   phases={k: {"steps": v["steps"], "seconds": v["seconds"]} for k, v in summary.get("phases", {}).items()},
+                   config={k: summary["config"][k] for k in ("steps", "sft_steps", "batch_size", "learning_rate", "beta")},
+                   train_truncated_share=summary["lengths"]["truncated_share"])  # fmt: skip
+    return row
+
+
+def measure_served(row: dict[str, Any], model: str = DEFAULT_CHAT_MODEL,
+                   on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Merge a benched method's adapter, serve it with stage 5's `serve`, and score its replies through the API.
+
+    The same held-out prompts, greedy, the same token budget as the in-process row: the figures should
+    agree, and the replies mostly be identical (vLLM computes in bfloat16 here, Transformers in float32).
+    """
+    from stage4_finetune_align.serving import ServedModel
+
+    out = bench_dir(row["method"])
+    if on_stage:
+        on_stage(f"{row['method']}: merging the adapter")
+    run_json(
+        ["merge", "--adapter", str(out / "adapter"), "--out", str(out / "merged"), "--model", model], "merge"
+    )
+    if on_stage:
+        on_stage(f"{row['method']}: serving the merged model (python -m stage5_serving_ops serve)")
+    with ServedModel(str(out / "merged"), log_dir=out / "serve") as server:
+        if on_stage:
+            on_stage(f"{row['method']}: replies through the server")
+        served = run_json(["eval", "--base-url", server.base_url], "evaluating through the server")
+        started_s = server.started_s
+    g = served["generation"]
+    identical = sum(a["reply"] == b["reply"] for a, b in zip(row["replies"], g["replies"], strict=True))
+    return {"method": row["method"], "served_as": served["model"], "server_start_s": started_s,
+            "all_rules": g["all_rules"], "mean_sentences": g["mean_sentences"], "blame_rate": g["blame_rate"],
+            "in_process": {k: row[k] for k in ("all_rules", "mean_sentences", "blame_rate")},
+            "identical_replies": identical, "prompts": g["prompts"], "seconds": g["seconds"], "replies": g["replies"]}  # fmt: skip
+
+
+def verdict(methods: list[dict[str, Any]], default: str) -> dict[str, Any]:
+    """The default method's row against the targets: each measured, none adjusted."""
+    rows = {r["method"]: r for r in methods}
+    if default not in rows:
+        return {}
+    row, base = rows[default], rows.get("base")
+    checks = {"minutes": row["minutes"] <= TARGETS["minutes_at_most"],
+              "all_rules": row["all_rules"] >= TARGETS["all_rules_at_least"],
+              "likelihood_accuracy": row["likelihood_accuracy"] >= TARGETS["likelihood_accuracy_at_least"]}  # fmt: skip
+    if base:
+        checks["lift_over_base"] = (
+            row["all_rules"] - base["all_rules"] >= TARGETS["all_rules_lift_over_base_at_least"]
+        )
+    return {"method": default, "targets": TARGETS, "met": checks, "all_met": all(checks.values())}
 
 
 def plot(report: dict[str, Any], path: Path) -> Path:
@@ -78,20 +157,39 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = report["precisions"]
-    labels = [f"{r['label']}\n({r['device']})" for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, key, title in ((axes[0], "seconds_per_step", f"seconds per DPO step (batch {rows[0]['batch_size']})"),
-                           (axes[1], "base_footprint_mb", "frozen base weights (MB)"),
-                           (axes[2], "peak_memory_mb", "peak process memory (MB)")):  # fmt: skip
-        bars = ax.bar(labels, [r[key] for r in rows], color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)])
-        ax.bar_label(bars, fmt="%.1f" if key == "seconds_per_step" else "%.0f")
-        ax.set_title(title)
-        ax.tick_params(axis="x", labelsize=8)
-    cap = report.get("capstone")
-    if cap:
-        fig.suptitle(f"capstone: {cap['steps']} steps in {cap['wall_seconds'] / 60:.1f} min, held-out preference "
-                     f"accuracy {cap['preference_accuracy_before']:.2f} -> {cap['preference_accuracy_after']:.2f}")  # fmt: skip
+    methods, rows = report.get("methods", []), report.get("precisions", [])
+    panels = (3 if methods else 0) + (2 if rows else 0)
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(3.6 * max(1, panels), 3.8), squeeze=False)
+    axes = list(axes[0])
+    if methods:
+        names = [m["label"].replace(" (no training)", "").replace(", then ", "\nthen ") for m in methods]
+        for ax, key, title, fmt in ((axes.pop(0), "all_rules", "replies meeting all 3 rules", "%.2f"),
+                                    (axes.pop(0), "likelihood_accuracy", "likelihood accuracy (pairs)", "%.2f"),
+                                    (axes.pop(0), "minutes", "training minutes", "%.1f")):  # fmt: skip
+            bars = ax.bar(
+                names,
+                [m[key] for m in methods],
+                color=["#999999", "#4c72b0", "#dd8452", "#55a868"][: len(methods)],
+            )
+            ax.bar_label(bars, fmt=fmt)
+            ax.set_title(title, fontsize=10)
+            ax.tick_params(axis="x", labelsize=8)
+            if key == "all_rules":
+                ax.axhline(TARGETS["all_rules_at_least"], color="k", lw=0.8, ls="--")
+            if key == "minutes":
+                ax.axhline(TARGETS["minutes_at_most"], color="k", lw=0.8, ls="--")
+    if rows:
+        labels = [f"{r['label']}\n({r['device']})".replace(" (", "\n(", 1) for r in rows]
+        for ax, key, title in ((axes.pop(0), "seconds_per_step", f"s per DPO step (batch {rows[0]['batch_size']})"),
+                               (axes.pop(0), "base_footprint_mb", "frozen base weights (MiB)")):  # fmt: skip
+            bars = ax.bar(
+                labels, [r[key] for r in rows], color=["#4c72b0", "#dd8452", "#55a868"][: len(rows)]
+            )
+            ax.bar_label(bars, fmt="%.1f" if key == "seconds_per_step" else "%.0f")
+            ax.set_title(title, fontsize=10)
+            ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"stage 4 on {report['model']}: {report.get('held_out_prompts', '?')} held-out prompts, "
+                 f"{report.get('held_out_pairs', '?')} held-out pairs")  # fmt: skip
     fig.tight_layout()
     paths.atomic_savefig(fig, path, dpi=110)
     return path

@@ -17,6 +17,11 @@ chosen answer over the rejected one, so every flaw of the data becomes a behavio
 Curation here: validate the schema (errors name the line), normalise whitespace, drop empty and
 identical pairs, drop exact and near duplicates (Jaccard similarity of word 3-gram shingles over
 the whole pair), report length bias, split by prompt, and write a report of what went and why.
+
+Training and evaluation load the same files strictly: a prompt that sits in two splits (within the
+pairs file, or between the pairs and the SFT file) stops the run with the line that breaks the rule,
+because every held-out figure would silently become a memory test. The held-out prompts the
+generation figures are measured on are the test prompts of both files, each once.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from shared.console import BadInput
 
 DATA_DIR = Path(__file__).parent / "data"
 PAIRS_PATH = DATA_DIR / "pairs.jsonl"
+SFT_PATH = DATA_DIR / "sft.jsonl"
+SPLITS = ("train", "test")
 ROLES = ("system", "user", "assistant")
 NEAR_DUPLICATE = 0.8  # Jaccard similarity of 3-gram shingles at or above which two pairs are one
 
@@ -59,25 +66,111 @@ def validate_pair(row: Any) -> dict[str, Any]:
     _messages(row["prompt"], "prompt", "user")
     _messages(row["chosen"], "chosen", "assistant")
     _messages(row["rejected"], "rejected", "assistant")
+    _split(row)
     return row
 
 
-def load_pairs(path: Path = PAIRS_PATH, split: str | None = None) -> list[dict[str, Any]]:
-    """Every pair of a JSONL file, validated; a bad line is a one-line error naming it."""
+def validate_sft(row: Any) -> dict[str, Any]:
+    """An SFT example: {"messages": [system?, user, assistant]}; the prompt is every message but the last."""
+    if not isinstance(row, dict):
+        raise ValueError("an SFT example must be a JSON object")
+    if "messages" not in row:
+        raise ValueError("missing field 'messages'")
+    messages = _messages(row["messages"], "messages", "assistant")
+    if len(messages) < 2 or messages[-2]["role"] != "user":
+        raise ValueError("messages must end with a user message and then the assistant's answer")
+    _split(row)
+    return row
+
+
+def _split(row: dict[str, Any]) -> None:
+    if "split" in row and row["split"] not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {row['split']!r}")
+
+
+def _read_jsonl(path: Path, validate: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, validated row) for every non-empty line; a bad line is a one-line error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"no pairs file at {path}")
+        raise BadInput(f"no such file: {path}")
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(validate_pair(json.loads(line)))
+            rows.append((number, validate(json.loads(line))))
         except json.JSONDecodeError as e:
             raise BadInput(f"{path}:{number}: not valid JSON ({e.msg})") from None
         except ValueError as e:
             raise BadInput(f"{path}:{number}: {e}") from None
-    return [r for r in rows if split is None or r.get("split") == split]
+    return rows
+
+
+def check_one_split_per_prompt(
+    numbered: Sequence[tuple[int, dict[str, Any]]], path: Path, seen: dict[str, tuple[str, str]] | None = None
+) -> dict[str, tuple[str, str]]:
+    """Stop at the first row whose prompt is already in another split; returns prompt key -> (split, where).
+
+    `seen` carries the prompts of a file read before (the pairs, when checking the SFT set against them).
+    """
+    seen = dict(seen or {})
+    for number, row in numbered:
+        if "split" not in row:
+            continue
+        key, where = prompt_key(row), f"{path}:{number}"
+        if key in seen and seen[key][0] != row["split"]:
+            split, first = seen[key]
+            raise BadInput(f"{where}: this prompt is in split {row['split']!r} here but {split!r} at {first}; "
+                           "a prompt must stay in one split")  # fmt: skip
+        seen.setdefault(key, (row["split"], where))
+    return seen
+
+
+def load_pairs(
+    path: Path = PAIRS_PATH, split: str | None = None, strict: bool = True
+) -> list[dict[str, Any]]:
+    """Every pair of a JSONL file, validated; a bad line is a one-line error naming it.
+
+    `strict` (training, evaluation) also refuses a prompt in two splits; `curate` reads loosely,
+    since re-splitting by prompt is part of its job.
+    """
+    numbered = _read_jsonl(path, validate_pair)
+    if strict:
+        check_one_split_per_prompt(numbered, Path(path))
+    return [r for _, r in numbered if split is None or r.get("split") == split]
+
+
+def load_sft(
+    path: Path = SFT_PATH, split: str | None = None, pairs_path: Path | None = PAIRS_PATH
+) -> list[dict[str, Any]]:
+    """The SFT examples, validated; no prompt may sit in one split here and another in the pairs file."""
+    numbered = _read_jsonl(path, validate_sft)
+    seen = (
+        check_one_split_per_prompt(_read_jsonl(pairs_path, validate_pair), Path(pairs_path))
+        if pairs_path
+        else {}
+    )
+    check_one_split_per_prompt(
+        [(n, {**r, "prompt": r["messages"][:-1]}) for n, r in numbered], Path(path), seen
+    )
+    return [r for _, r in numbered if split is None or r.get("split") == split]
+
+
+def held_out_prompts(
+    pairs_path: Path = PAIRS_PATH, sft_path: Path | None = SFT_PATH
+) -> list[list[dict[str, str]]]:
+    """Every distinct test prompt of the pairs file, then those of the SFT file not already there."""
+    rows = load_pairs(pairs_path, split="test")
+    if sft_path:
+        rows += [
+            {"prompt": r["messages"][:-1]} for r in load_sft(sft_path, split="test", pairs_path=pairs_path)
+        ]
+    prompts, seen = [], set()
+    for row in rows:
+        if (key := prompt_key(row)) not in seen:
+            seen.add(key)
+            prompts.append(row["prompt"])
+    return prompts
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""data.py: validation naming the bad line, and curation on crafted inputs."""
+"""data.py: validation naming the bad line, one split per prompt, and curation on crafted inputs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from shared.console import BadInput
 from stage4_finetune_align.data import (
     chosen_longer_share,
     curate,
+    held_out_prompts,
     jaccard,
     leaked_prompts,
     load_pairs,
+    load_sft,
     prompt_key,
     shingles,
     split_by_prompt,
@@ -140,3 +142,62 @@ def test_the_shipped_pairs_are_clean_unbiased_and_split_by_prompt():
     assert len(rows) >= 400 and report.after == len(rows), "nothing to drop in the shipped set"
     assert 0.35 <= report.chosen_longer_before <= 0.65, "chosen is not simply the longer answer"
     assert leaked_prompts(rows) == 0 and {r["split"] for r in rows} == {"train", "test"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict loading for training and evaluation: one split per prompt, across files too
+
+
+def write_lines(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_a_prompt_in_two_splits_is_named_by_its_line(tmp_path):
+    path = write_lines(tmp_path / "pairs.jsonl", [CLEAN[0] | {"split": "train"}, CLEAN[1] | {"split": "test"},
+                                                  CLEAN[0] | {"split": "test"}])  # fmt: skip
+    with pytest.raises(BadInput, match=r"pairs.jsonl:3: .*'test' here but 'train' at .*pairs.jsonl:1"):
+        load_pairs(path)
+    assert len(load_pairs(path, strict=False)) == 3, "curation reads it, to re-split it"
+
+
+def test_an_sft_prompt_in_another_split_than_in_the_pairs_is_named(tmp_path):
+    pairs = write_lines(tmp_path / "pairs.jsonl", [CLEAN[0] | {"split": "test"}])
+    example = {"messages": CLEAN[0]["prompt"] + CLEAN[0]["chosen"], "split": "train"}
+    sft = write_lines(tmp_path / "sft.jsonl", [example])
+    with pytest.raises(BadInput, match=r"sft.jsonl:1: .*'train' here but 'test' at .*pairs.jsonl:1"):
+        load_sft(sft, pairs_path=pairs)
+
+
+@pytest.mark.parametrize("row, message", [({"split": "train"}, "missing field 'messages'"),
+                                          ({"messages": [{"role": "assistant", "content": "Hi."}]}, "user message"),
+                                          ({"messages": [{"role": "user", "content": "Hi?"},
+                                                         {"role": "assistant", "content": "Hello."}], "split": "dev"},
+                                           "split must be one of")])  # fmt: skip
+def test_a_malformed_sft_line_is_named(tmp_path, row, message):
+    sft = write_lines(tmp_path / "sft.jsonl", ['{"messages": [{"role": "user", "content": "a?"}, '
+                                               '{"role": "assistant", "content": "b."}]}', row])  # fmt: skip
+    with pytest.raises(BadInput, match=rf"sft.jsonl:2: .*{message}"):
+        load_sft(sft, pairs_path=None)
+
+
+def test_train_refuses_a_malformed_pairs_file_with_exit_2_naming_the_line(tmp_path):
+    import subprocess
+    import sys
+
+    bad = write_lines(
+        tmp_path / "pairs.jsonl", [CLEAN[0] | {"split": "train"}, '{"prompt": [], "chosen": []}']
+    )
+    done = subprocess.run([sys.executable, "-m", "stage4_finetune_align", "train", "--method", "dpo", "--pairs", str(bad),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "pairs.jsonl:2: missing field 'rejected'" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_the_held_out_prompts_are_every_test_prompt_once_and_never_trained_on():
+    prompts = held_out_prompts()
+    keys = [prompt_key({"prompt": p}) for p in prompts]
+    trained = {prompt_key(r) for r in load_pairs(split="train")}
+    trained |= {prompt_key({"prompt": r["messages"][:-1]}) for r in load_sft(split="train")}
+    assert len(prompts) == 43 and len(set(keys)) == 43, "33 test prompts of the pairs, 10 more of the SFT set"
+    assert not set(keys) & trained

@@ -1,58 +1,79 @@
-"""dpo.py and evaluate.py: a few real DPO steps, resume, QLoRA smoke run, merge, held-out scoring."""
+"""train.py and evaluate.py: real SFT and DPO steps, SFT then DPO, resume, QLoRA/8-bit, merge, held-out scoring."""
 
 from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
 
 import pytest
 
 from shared.console import BadInput
-from stage4_finetune_align.data import load_pairs, write_pairs
-from stage4_finetune_align.dpo import TrainConfig, latest_checkpoint, merge, train
-from stage4_finetune_align.evaluate import implicit_preference, preference_eval, style_score
+from stage4_finetune_align.data import load_pairs, load_sft, write_pairs
+from stage4_finetune_align.evaluate import preference_eval
+from stage4_finetune_align.train import TrainConfig, check_adapter, latest_checkpoint, merge, train
 
 
-@pytest.mark.parametrize("options", [{"method": "ppo"}, {"quant": "2bit"}, {"steps": 0}, {"learning_rate": 2.0},
-                                     {"beta": 0}, {"max_length": 8}])  # fmt: skip
+@pytest.mark.parametrize("options", [{"method": "ppo"}, {"quant": "2bit"}, {"steps": 0}, {"sft_steps": 0},
+                                     {"learning_rate": 2.0}, {"beta": 0}, {"max_length": 8}])  # fmt: skip
 def test_config_validates(options):
     with pytest.raises(BadInput):
         TrainConfig(**options)
 
 
-@pytest.mark.exercise("stage4.style_score")
-def test_style_score():
-    assert style_score("Sorry about that. Please send me the order number and I will check it.")["score"] == 1
-    blaming = style_score(
-        "You obviously didn't read the manual. This is your fault. Try again. Or not. Whatever."
-    )
-    assert not blaming["no_blame"] and not blaming["at_most_three_sentences"]
+@pytest.fixture
+def not_adapters(tmp_path):
+    """Folders that are not LoRA adapters, each with what the error should say."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model = tmp_path / "model"  # a model folder, say a merged one
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    (prefix / "adapter_config.json").write_text(json.dumps({"peft_type": "PREFIX_TUNING"}))
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    (weightless / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    return [(tmp_path / "missing", "no adapter folder"), (empty, "adapter_config.json missing"),
+            (model, "adapter_config.json missing"), (prefix, "PREFIX_TUNING"), (weightless, "no adapter weights")]  # fmt: skip
 
 
-@pytest.mark.exercise("stage4.implicit_reward")
-def test_implicit_reward_compares_each_answer_with_the_reference():
-    margin, credit = implicit_preference(-10.0, -12.0, -11.0, -11.0, beta=0.5)
-    assert margin == pytest.approx(1.0) and credit == 1.0, (
-        "chosen rose and rejected fell against the reference"
-    )
-    assert implicit_preference(-5.0, -3.0, -6.0, -3.0, beta=0.1) == (pytest.approx(0.1), 1.0), (
-        "a likelier rejected answer is no matter: only the change from the reference counts"
-    )
-    assert implicit_preference(-4.0, -4.0, -4.0, -4.0) == (0.0, 0.5), "the reference itself ties"
-    assert implicit_preference(-9.0, -8.0, -8.0, -8.0, beta=0.2) == (pytest.approx(-0.2), 0.0)
+def test_a_folder_that_is_not_an_adapter_is_refused(not_adapters):
+    for folder, message in not_adapters:
+        with pytest.raises(BadInput, match=message):
+            check_adapter(folder)
+    with pytest.raises(BadInput, match="not a LoRA adapter"):
+        TrainConfig(init=str(not_adapters[1][0]))
 
 
-SMALL = dict(batch_size=2, max_length=64, save_every=2, learning_rate=5e-4)
+@pytest.mark.parametrize("command", [["eval", "--adapter"], ["merge", "--out", "/tmp/never-written", "--adapter"],
+                                     ["train", "--init"], ["compare", "hello", "--adapter"]])  # fmt: skip
+def test_the_commands_refuse_a_non_adapter_with_exit_2(not_adapters, command):
+    folder, message = not_adapters[2]
+    done = subprocess.run([sys.executable, "-m", "stage4_finetune_align", *command, str(folder)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+SMALL = dict(batch_size=2, save_every=2, learning_rate=5e-4)
 
 
 @pytest.fixture(scope="module")
-def small_pairs(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
-    write_pairs(load_pairs(split="train")[:8], path)
-    return path
+def small_data(tmp_path_factory):
+    """8 training pairs and 8 SFT examples, so that a few real steps take seconds."""
+    folder = tmp_path_factory.mktemp("data")
+    pairs, sft = folder / "pairs.jsonl", folder / "sft.jsonl"
+    write_pairs(load_pairs(split="train")[:8], pairs)
+    write_pairs(load_sft(split="train")[:8], sft)
+    return pairs, sft
 
 
 @pytest.fixture(scope="module")
-def dpo_run(tmp_path_factory, small_pairs):
+def dpo_run(tmp_path_factory, small_data):
     out = tmp_path_factory.mktemp("run")
-    return train(TrainConfig(steps=3, out=str(out), **SMALL), pairs_path=small_pairs), out
+    return train(TrainConfig(method="dpo", steps=3, out=str(out), **SMALL), pairs_path=small_data[0]), out
 
 
 def lora_tensors(adapter):
@@ -66,7 +87,7 @@ def test_dpo_changes_the_lora_weights_not_the_base(dpo_run):
     import torch
     from peft import PeftModel
 
-    from stage4_finetune_align.dpo import load_base
+    from stage4_finetune_align.train import load_base
 
     summary, out = dpo_run
     tensors = lora_tensors(out / "adapter")
@@ -81,87 +102,139 @@ def test_dpo_changes_the_lora_weights_not_the_base(dpo_run):
     assert len(losses) == 3 and min(losses[1:]) < losses[0], "the loss fell below its start (ln 2)"
     assert (out / "metrics.json").is_file() and (out / "metrics.png").is_file()
     assert 0 < summary["trainable_parameters"] < 10_000_000
+    fitted = summary["lengths"]["max_length"]  # fitted to these 8 pairs and the SFT set: 224 tokens, not 240
+    assert summary["lengths"]["truncated_share"] == 0.0 and fitted < 240
+    recorded = json.loads((out / "adapter" / "stage4_train.json").read_text())
+    assert recorded["max_length"] == fitted and recorded["method"] == "dpo", (
+        "evaluation reads the same length"
+    )
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_saved_step(dpo_run, small_pairs):
+def test_resume_continues_from_the_saved_step_and_times_only_its_own_steps(dpo_run, small_data):
     _, out = dpo_run
     checkpoint = latest_checkpoint(out)
     assert checkpoint is not None
     logged = []
-    resumed = train(TrainConfig(steps=4, out=str(out), **SMALL), resume=True, pairs_path=small_pairs,
+    resumed = train(TrainConfig(method="dpo", steps=4, out=str(out), **SMALL), resume=True, pairs_path=small_data[0],
                     on_step=lambda log: logged.append(log["step"]))  # fmt: skip
     saved = int(checkpoint.name.split("-")[1])
     assert resumed["steps"] == 4 and resumed["resumed_from"] == str(checkpoint)
     assert logged == list(range(saved + 1, 5)), "it ran only the steps after the checkpoint"
+    assert resumed["steps_this_run"] == 4 - saved == len(resumed["step_seconds"])
+    assert resumed["seconds_per_step"] == pytest.approx(resumed["seconds"] / (4 - saved)), (
+        "the time of this run over the steps of this run, not over every step since the start"
+    )
 
 
 def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(BadInput, match="nothing to resume"):
-        train(TrainConfig(steps=1, out=str(tmp_path)), resume=True)
+        train(TrainConfig(method="dpo", steps=1, out=str(tmp_path)), resume=True)
+    with pytest.raises(BadInput, match="nothing to resume"):
+        train(TrainConfig(method="sft-dpo", steps=1, out=str(tmp_path)), resume=True)
 
 
 @pytest.mark.slow
-def test_the_merged_directory_loads_and_generates(dpo_run, tmp_path):
+def test_sft_then_dpo_continues_the_sft_adapter_with_it_as_the_reference(tmp_path, small_data):
+    import torch
+
+    config = TrainConfig(method="sft-dpo", sft_steps=2, steps=2, out=str(tmp_path), **SMALL)
+    summary = train(config, pairs_path=small_data[0], sft_path=small_data[1])
+    assert summary["phases"]["sft"]["steps"] == 2 and summary["phases"]["dpo"]["steps"] == 2
+    assert summary["steps"] == 4 and len(summary["step_seconds"]) == 4
+    dpo_losses = [h["loss"] for h in summary["history"]]
+    assert dpo_losses[0] == pytest.approx(math.log(2), abs=1e-3), (
+        "DPO starts where SFT ended: the reference is the SFT model, so the first pair of log-ratios ties"
+    )
+    sft_adapter, final = lora_tensors(tmp_path / "sft" / "adapter"), lora_tensors(tmp_path / "adapter")
+    assert set(sft_adapter) == set(final), "one adapter, continued; not the frozen 'ref' copy"
+    assert any(not torch.equal(sft_adapter[k], final[k]) for k in final), "DPO moved it further"
+    assert not (tmp_path / "adapter" / "ref").exists()
+    resumed = train(TrainConfig(method="sft-dpo", sft_steps=2, steps=3, out=str(tmp_path), **SMALL), resume=True,
+                    pairs_path=small_data[0], sft_path=small_data[1])  # fmt: skip
+    assert resumed["phases"]["dpo"]["steps"] == 3 and resumed["phases"]["dpo"]["steps_this_run"] == 1, (
+        "the finished SFT phase is kept; DPO resumes from its checkpoint"
+    )
+
+
+@pytest.mark.slow
+def test_the_merged_directory_is_the_adapted_model(dpo_run, tmp_path):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stage4_finetune_align.evaluate import load_for_eval
 
     _, out = dpo_run
     merged = merge(out / "adapter", tmp_path / "merged")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in merged.iterdir()}
     model, tokenizer = AutoModelForCausalLM.from_pretrained(merged), AutoTokenizer.from_pretrained(merged)
+    adapted, _, _ = load_for_eval(out / "adapter")
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "My card was declined."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)  # fmt: skip
-    generated = model.generate(**ids, max_new_tokens=8, do_sample=False)
-    assert generated.shape[1] > ids["input_ids"].shape[1]
+    with torch.inference_mode():
+        torch.testing.assert_close(model(**ids).logits, adapted(**ids).logits, atol=1e-4, rtol=1e-4)
+    assert tokenizer.chat_template, "the chat template travels with it, for the server"
+
+
+def test_likelihood_figures_per_fault_count_wins_and_measure_the_gap():
+    from stage4_finetune_align.evaluate import likelihood_figures
+
+    pairs = [{"fault": "curt"}, {"fault": "curt"}, {"fault": "rambling"}, {"fault": "curt"}]
+    figures = likelihood_figures(
+        pairs, chosen=[-30.0, -20.0, -40.0, -25.0], rejected=[-10.0, -21.0, -200.0, -5.0]
+    )
+    assert figures["likelihood_accuracy"] == 0.5
+    assert figures["likelihood_accuracy_by_fault"] == {"curt": pytest.approx(1 / 3), "rambling": 1.0}
+    assert figures["median_logprob_gap_by_fault"] == {"curt": -20.0, "rambling": 160.0}, (
+        "gaps -20, 1, -20: median -20"
+    )
+    even = likelihood_figures(pairs[:2], chosen=[-30.0, -20.0], rejected=[-10.0, -21.0])
+    assert even["median_logprob_gap_by_fault"]["curt"] == pytest.approx(-9.5), (
+        "an even count: mean of the middle two"
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.exercise("stage4.implicit_reward")
+@pytest.mark.exercise("stage4.dpo_loss")
 def test_held_out_scoring_before_and_after(dpo_run):
     _, out = dpo_run
-    pairs = load_pairs(split="test")[:4]
+    pairs = load_pairs(split="test")[:6]
     base = preference_eval(pairs)
-    assert base["n"] == 4 and base["mean_margin"] == 0, "the base is its own reference"
-    assert base["preference_accuracy"] == 0.5, "every pair ties: no preference"
+    assert base["n"] == 6 and base["lengths"]["truncated_share"] == 0.0
+    diagnostic = base["training_diagnostic"]
+    assert diagnostic["implicit_reward_accuracy"] == 0.5 and diagnostic["mean_margin"] == 0, (
+        "the base is its own reference: every pair ties, by construction"
+    )
+    assert "by construction" in diagnostic["note"]
+    assert base["likelihood_accuracy_by_fault"]["curt"] == 0.0, (
+        "a 7-token curt reply is likelier than a helpful one"
+    )
+    assert base["median_logprob_gap_by_fault"]["curt"] < 0, "lost: the curt reply is the likelier one"
     tuned = preference_eval(pairs, out / "adapter")
-    assert 0 <= tuned["preference_accuracy"] <= 1 and tuned["mean_margin"] != 0
-    assert 0 <= tuned["likelihood_accuracy"] <= 1
+    assert tuned["training_diagnostic"]["mean_margin"] != 0 and 0 <= tuned["likelihood_accuracy"] <= 1
 
 
 @pytest.mark.slow
-def test_qlora_smoke_run_on_cpu(tmp_path, small_pairs):
-    summary = train(TrainConfig(quant="4bit", steps=1, out=str(tmp_path), batch_size=1, max_length=48),
-                    pairs_path=small_pairs)  # fmt: skip
+def test_qlora_smoke_run_on_cpu(tmp_path, small_data):
+    summary = train(TrainConfig(method="dpo", quant="4bit", steps=1, out=str(tmp_path), batch_size=1),
+                    pairs_path=small_data[0])  # fmt: skip
     assert summary["steps"] == 1 and (tmp_path / "adapter" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow
-def test_8bit_smoke_run_on_cpu(tmp_path, small_pairs):
-    summary = train(TrainConfig(quant="8bit", steps=1, out=str(tmp_path), batch_size=1, max_length=48),
-                    pairs_path=small_pairs)  # fmt: skip
+def test_8bit_smoke_run_on_cpu(tmp_path, small_data):
+    summary = train(TrainConfig(method="dpo", quant="8bit", steps=1, out=str(tmp_path), batch_size=1),
+                    pairs_path=small_data[0])  # fmt: skip
     assert summary["steps"] == 1 and (tmp_path / "adapter" / "adapter_config.json").is_file()
     full = 538  # MB: SmolLM2-135M in fp32
     assert summary["base_footprint_mb"] < 0.6 * full, "the frozen base is stored in 8 bits"
 
 
 @pytest.mark.slow
-@pytest.mark.exercise("stage4.implicit_reward")
-def test_a_short_capstone_run_lifts_held_out_preference_accuracy(tmp_path):
-    """8 of the default 30 steps on the full training split; the bench measures the whole default run."""
-    summary = train(TrainConfig(steps=8, out=str(tmp_path)))
-    pairs = load_pairs(split="test")[:24]
-    before = preference_eval(pairs)["preference_accuracy"]
-    after = preference_eval(pairs, tmp_path / "adapter")["preference_accuracy"]
-    assert before == 0.5 and after >= 0.75, f"held-out preference accuracy {before} -> {after}"
-    assert summary["peak_memory_mb"] > 0 and len(summary["step_seconds"]) == 8
-
-
-@pytest.mark.slow
-def test_bench_times_each_precision_in_its_own_process(tmp_path, capsys):
-    import json
-
+def test_bench_times_a_precision_in_its_own_process(tmp_path, capsys):
     from stage4_finetune_align.cli import main
 
-    assert main(["bench", "--quants", "none", "--steps", "2", "--batch-size", "1", "--no-capstone",
+    assert main(["bench", "--methods", "", "--quants", "none", "--steps", "2", "--batch-size", "1",
                  "--out", str(tmp_path), "--json"]) == 0  # fmt: skip
     report = json.loads((tmp_path / "stage4_train.json").read_text())
     (row,) = report["precisions"]
@@ -169,3 +242,10 @@ def test_bench_times_each_precision_in_its_own_process(tmp_path, capsys):
     assert row["peak_memory_mb"] > row["base_footprint_mb"] > 400
     assert (tmp_path / "stage4_train.png").stat().st_size > 10_000
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_bench_serves_the_default_method_unless_told_not_to():
+    from stage4_finetune_align.cli import build_parser
+
+    assert build_parser().parse_args(["bench"]).served is True
+    assert build_parser().parse_args(["bench", "--no-served"]).served is False
