@@ -120,6 +120,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0 if result.finished else 1
 
 
+def read_line(prompt: str) -> str:
+    """input() at a terminal (prompt, line editing); piped, no prompt, so stdout holds only the
+    answers and stderr only the tool calls, a line each."""
+    if sys.stdin.isatty():
+        return input(prompt)
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     turns: list[
         list[dict[str, Any]]
@@ -129,7 +140,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         console.print(f"Tool-calling chat (mode {args.mode}). Commands: /tools, /reset, /quit")
         while True:
             try:
-                line = input("you> ").strip()
+                line = read_line("you> ").strip()
             except EOFError:
                 return 0
             if not line:
