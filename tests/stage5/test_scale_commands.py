@@ -117,3 +117,26 @@ def test_bad_bench_settings_exit_2(argv, message, capsys):
     from shared.console import run_cli
 
     assert run_cli(main, argv) == 2 and message in capsys.readouterr().err
+
+
+def test_the_readme_renders_the_settings_sweep_and_the_race():
+    from stage5_serving_ops.figures import load, race
+
+    level = {"concurrency": 1, "output_tokens_per_s": 10.0, "requests_per_s": 0.2, "ttft_p50_s": 0.1, "ttft_p95_s": 0.2,
+             "itl_p50_s": 0.05, "itl_p95_s": 0.06, "e2e_p50_s": 3.0, "e2e_p95_s": 3.5, "errors": 0}  # fmt: skip
+    fast = {**level, "concurrency": 16, "output_tokens_per_s": 40.0}
+    settings = {"default": {"levels": [level, fast], "environment": {}, "arguments": []},
+                "all-cores": {"levels": [level, {**fast, "output_tokens_per_s": 60.0}],
+                              "environment": {"VLLM_CPU_OMP_THREADS_BIND": "0,1"}, "arguments": []}}  # fmt: skip
+    text = load({"device": "cpu", "requests": 8, "max_tokens": 64, "levels": [level, fast], "settings": settings,
+                 "best_setting": "all-cores", "baseline": {"output_tokens_per_s": 10.0, "e2e_p50_s": 3, "e2e_p95_s": 4}})  # fmt: skip
+    assert "16 users get 4.00x the tokens/s of 1 user" in text and "6.00x one-by-one Transformers" in text
+    assert "**all-cores**" in text and "VLLM_CPU_OMP_THREADS_BIND=0,1" in text
+    rows = {"vllm": [level, fast], "scratch": [level, {**fast, "output_tokens_per_s": 20.0}]}
+    prefix = {k: {"ttft_p50_s": 0.5} for k in ("vllm_on", "scratch_on", "scratch_off")}
+    spec = {"plain_tokens_per_s": 10.0, "spec_tokens_per_s": 12.0, "speedup": 1.2, "acceptance_rate": 0.3,
+            "identical_replies": 8, "replies": 8}  # fmt: skip
+    text = race({"levels": rows, "requests": 8, "max_tokens": 64, "prefix_caching": prefix,
+                 "speculative": {"copy": spec}, "speculative_float32": {"copy": {"identical_replies": 8, "replies": 8}},
+                 "ratios": {"prefix_ttft_speedup": 1.0}, "targets": {"t": True}})  # fmt: skip
+    assert "| 16 | 40.0 | 20.0 | 0.50x |" in text and "8 of 8 copy" in text and "t: met" in text
