@@ -172,7 +172,10 @@ def test_the_merged_directory_is_the_adapted_model(dpo_run, tmp_path):
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "My card was declined."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)  # fmt: skip
     with torch.inference_mode():
-        torch.testing.assert_close(model(**ids).logits, adapted(**ids).logits, atol=1e-4, rtol=1e-4)
+        # float32: (W + BA)x rounds differently from Wx + B(Ax); with LoRA on every linear layer of all
+        # 30 blocks the logits measured up to 2e-4 apart. A wrong merge (scale, missing layer) is off by
+        # whole units.
+        torch.testing.assert_close(model(**ids).logits, adapted(**ids).logits, atol=1e-3, rtol=1e-3)
     assert tokenizer.chat_template, "the chat template travels with it, for the server"
 
 
