@@ -47,11 +47,15 @@ def test_ask_against_the_real_server(vllm_server, capsys):
     "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
 )
 def test_served_calls_are_valid_on_the_shipped_suite(served_model, router):
-    """The grammar goes to the server as response_format: every call is valid, as in process (first 12 tasks)."""
+    """The grammar goes to the server as response_format: every call made is valid, as in process (first 12
+    tasks). In `model` mode the grammar also offers `answer`, so the model may call nothing: that is a
+    decision (scored by right_tool), not an invalid call."""
     from stage2_prompting_tools.tool_eval import run_suite
 
     report = run_suite(served_model, "shipped", "model", router, limit=12, answer=False)
-    assert report["valid_call"] == 1.0, [r for r in report["rows"] if not r["valid_call"]]
+    called = [r for r in report["rows"] if r["calls"]]
+    assert len(called) >= 9, report["rows"]
+    assert all(r["valid_call"] for r in called), [r for r in called if not r["valid_call"]]
 
 
 @pytest.mark.server
