@@ -37,18 +37,20 @@ from typing import Any
 
 from stage3_retrieval.evaluate import percentile, relevant_of
 
-# name: (search mode, router, route filter, reflect, answerer). None: as shipped (data/tuned.json for the
-# mode and the filter, reflect.ANSWERER for the answerer), so "reflective" is the pipeline `ask` runs.
+# name: (search mode, router, route filter, reflect, answerer, when every round is judged "not enough").
+# None: as shipped (data/tuned.json for the mode and the filter, reflect.ANSWERER for the answerer,
+# reflect.ON_EXHAUSTED[0] for the last), so "reflective" is the pipeline `ask` runs.
 _SPECS = {
-    "naive": ("dense", False, False, False, "generate"),
-    "hybrid+rerank": ("rerank", True, True, False, "generate"),
-    "hybrid+rerank, extract": ("rerank", True, True, False, "extract"),
-    "hybrid+rerank, fallback": ("rerank", True, True, False, "fallback"),
-    "no route filter": ("rerank", True, False, False, None),
-    "reflective": (None, True, None, True, None),
+    "naive": ("dense", False, False, False, "generate", None),
+    "hybrid+rerank": ("rerank", True, True, False, "generate", None),
+    "hybrid+rerank, extract": ("rerank", True, True, False, "extract", None),
+    "hybrid+rerank, fallback": ("rerank", True, True, False, "fallback", None),
+    "no route filter": ("rerank", True, False, False, None, None),
+    "reflective": (None, True, None, True, None, None),
+    "reflective, give up": (None, True, None, True, None, "unknown"),
 }
-PIPELINES = {name: dict(zip(("mode", "router", "route_filter", "reflect", "answerer"), spec, strict=True))
-             for name, spec in _SPECS.items()}  # fmt: skip
+PIPELINES = {name: dict(zip(("mode", "router", "route_filter", "reflect", "answerer", "on_exhausted"), spec,
+                            strict=True)) for name, spec in _SPECS.items()}  # fmt: skip
 METRICS = ("similarity", "rouge_l", "context_recall", "context_precision", "context_hit", "support", "cited",
            "citation_precision", "refused", "faithfulness")  # fmt: skip
 
@@ -94,12 +96,13 @@ class MemoJudge:
 
 def build_pipeline(name: str, retriever: Any, chat_model: Any, router: Any, judge: Any, graph: Any = None,
                    max_rounds: int = 3) -> Any:  # fmt: skip
-    from stage3_retrieval.reflect import ANSWERER, SelfReflectiveRAG
+    from stage3_retrieval.reflect import ANSWERER, ON_EXHAUSTED, SelfReflectiveRAG
 
     spec = PIPELINES[name]
     return SelfReflectiveRAG(retriever, chat_model, router if spec["router"] else None, judge=judge, graph=graph,
                              max_rounds=max_rounds, mode=spec["mode"], route_filter=spec["route_filter"],
-                             reflect=spec["reflect"], answerer=spec["answerer"] or ANSWERER)  # fmt: skip
+                             reflect=spec["reflect"], answerer=spec["answerer"] or ANSWERER,
+                             on_exhausted=spec["on_exhausted"] or ON_EXHAUSTED[0])  # fmt: skip
 
 
 def summarise(per_question: list[dict[str, Any]], seconds: list[float]) -> dict[str, Any]:
@@ -139,6 +142,7 @@ def reflection_stats(rows: Sequence[dict[str, Any]], results: Sequence[Any], ind
             "rewrites": len(rewrote),
             "rewrite_retrieved_relevant": statistics.fmean(found) if found else None,
             "rewrite_retrieved_relevant_first_lacked": statistics.fmean(newly) if newly else None,
+            "exhausted": sum(not any(x.sufficient for x in r.rounds) for _, r in judged) / n,
             "gave_up": sum(r.answer.startswith("I don't know") for _, r in judged) / n,
             "mean_rounds": statistics.fmean(len(r.rounds) for _, r in judged) if judged else None,
             "extra_round_seconds_mean": statistics.fmean(extra) if extra else None,

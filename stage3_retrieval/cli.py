@@ -174,7 +174,8 @@ def build_rag(args: argparse.Namespace, chat_model: Any = None) -> Any:
     chat_model = chat_model or open_chat_model(args.model, args.base_url, args.api_key)
     return SelfReflectiveRAG(Retriever(index), chat_model, SemanticRouter(index=index), max_rounds=args.max_rounds,
                              mode=args.mode, route_filter=False if args.no_route_filter else None,
-                             reflect=not args.no_reflect)  # fmt: skip
+                             reflect=not args.no_reflect,
+                             on_exhausted="unknown" if args.give_up else "first-round")  # fmt: skip
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -368,6 +369,8 @@ def add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-reflect", action="store_true", help="answer from the first retrieval, without judging"
     )
+    p.add_argument("--give-up", action="store_true",
+                   help="say \"I don't know\" when no round is judged enough (default: answer from the first round)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

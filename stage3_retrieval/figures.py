@@ -105,7 +105,8 @@ def reflection(r: dict[str, Any]) -> list[str]:
             f"{pct(x['judge_agrees_with_labels'])}",
             f"- rewrites: {x['rewrites']}; a rewritten round retrieved a relevant chunk: "
             f"{pct(x['rewrite_retrieved_relevant'])} (one the first round lacked: "
-            f"{pct(x['rewrite_retrieved_relevant_first_lacked'])}); gave up (\"I don't know\"): {pct(x['gave_up'])}",
+            f"{pct(x['rewrite_retrieved_relevant_first_lacked'])}); no round judged enough: "
+            f"{pct(x['exhausted']) if 'exhausted' in x else 'not recorded'}; answered \"I don't know\": {pct(x['gave_up'])}",
             f"- mean rounds {x['mean_rounds']:.2f}; extra rounds cost {x['extra_round_seconds_mean']:.1f} s a question "
             f"on average; the loop took {x['extra_seconds_vs_hybrid_rerank_p50']:.1f} s (p50) and "
             f"{x['extra_seconds_vs_hybrid_rerank_p95']:.1f} s (p95) longer than hybrid+rerank"]  # fmt: skip

@@ -135,6 +135,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from stage4_finetune_align.train import merge
 
     out = merge(Path(args.adapter), Path(args.out), args.model)
+    if args.json:
+        print_json({"adapter": str(args.adapter), "merged": str(out), "model": args.model})
+        return 0
     console.print(
         f"merged model written to {out}; serve it: python -m stage5_serving_ops serve --model {out}"
     )
@@ -219,6 +222,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             report.update(held_out_pairs=row["held_out_pairs"], held_out_prompts=row["held_out_prompts"])
             bar.advance(task)
         default = next((row for row in report["methods"] if row["method"] == DEFAULT_METHOD), None)
+        out_dir = Path(args.out) if args.out else paths.reports_dir()
+        if methods:  # the method rows are the long part: on disk before the served and precision runs
+            write_report({**report, "verdict": verdict(report["methods"], DEFAULT_METHOD)}, out_dir)
         if args.served and default:
             task = bar.add_task("served", total=None)
             report["served"] = measure_served(
@@ -230,7 +236,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             report["precisions"].append(measure_precision(quant, args.steps, args.batch_size, args.model))
             bar.advance(task)
     report["verdict"] = verdict(report["methods"], DEFAULT_METHOD)
-    json_path, plot_path = write_report(report, Path(args.out) if args.out else paths.reports_dir())
+    json_path, plot_path = write_report(report, out_dir)
     if args.json:
         print_json(report)
         return 0
@@ -385,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL)
+    p.add_argument("--json", action="store_true", help="print where the merged model went, as JSON")
     p.set_defaults(handler=cmd_merge)
 
     p = sub.add_parser(

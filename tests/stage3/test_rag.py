@@ -138,12 +138,26 @@ def test_the_reflection_decision_needs_the_judge_and_the_retrieval_to_agree():
 @pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
 def test_reflection_rewrites_and_stops_at_max_rounds(retriever, graph):
     judge = ScriptedJudge(0.0, 0.0, 0.0, 0.0)
-    rag = SelfReflectiveRAG(retriever, FakeChat(), judge=judge, graph=graph, max_rounds=3, mode="hybrid")
+    rag = SelfReflectiveRAG(retriever, FakeChat(), judge=judge, graph=graph, max_rounds=3, mode="hybrid",
+                            on_exhausted="unknown")  # fmt: skip
     result = rag.ask(QUESTION)
     assert judge.calls == 3 and [r.strategy for r in result.rounds] == ["original", "hyde", "expand"]
     assert result.answer == UNKNOWN and result.citations == []
     assert result.rounds[1].query.startswith(QUESTION) and result.rounds[1].query != QUESTION
     assert [s["step"] for s in result.trace].count("rewrite") == 2
+
+
+@pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
+def test_by_default_an_exhausted_loop_answers_from_the_first_round(retriever, graph):
+    chat, judge = FakeChat(), ScriptedJudge(0.0, 0.0, 0.0)
+    result = SelfReflectiveRAG(retriever, chat, judge=judge, graph=graph, max_rounds=3, mode="hybrid").ask(QUESTION)
+    assert judge.calls == 3 and not any(r.sufficient for r in result.rounds)
+    assert result.context is judge.contexts[0] and result.context.ids == result.rounds[0].chunk_ids
+    assert judge.contexts[0].prompt() in chat.prompts[-1], "the answer is written from the first round's passages"
+    answer_step = [s for s in result.trace if s["step"] == "answer"]
+    assert len(answer_step) == 1 and answer_step[0]["exhausted"] and answer_step[0]["from_round"] == 1
+    with pytest.raises(ValueError, match="on_exhausted"):
+        SelfReflectiveRAG(retriever, chat, judge=judge, on_exhausted="maybe")
 
 
 @pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
