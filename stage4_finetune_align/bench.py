@@ -195,6 +195,39 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def carry_over(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A partial run (`--methods sft`, `--no-precisions`) keeps what an earlier run of the same model measured.
+
+    Rows of methods this run did not train, the precision table when this run timed none, and the
+    served figures when this run served nothing but the earlier one served the current default, are
+    copied over and named in `carried_over`; rows from another model never are."""
+    if not previous or previous.get("model") != report["model"]:
+        return report
+    done = {row["method"] for row in report["methods"]}
+    kept = [row for row in previous.get("methods", []) if row["method"] not in done and row["method"] in METHOD_LABELS]
+    order = list(METHOD_LABELS)
+    report["methods"] = sorted(report["methods"] + kept, key=lambda row: order.index(row["method"]))
+    carried = [f"method {row['method']}" for row in kept]
+    if not report["precisions"] and previous.get("precisions"):
+        report["precisions"], carried = previous["precisions"], [*carried, "precisions"]
+    served = previous.get("served")
+    if "served" not in report and served and served.get("method") == report["default_method"]:
+        report["served"], carried = served, [*carried, "served"]
+    if carried:
+        report["carried_over"] = carried
+    if "held_out_prompts" not in report and report["methods"]:
+        report.update(held_out_pairs=report["methods"][0]["held_out_pairs"],
+                      held_out_prompts=report["methods"][0]["held_out_prompts"])  # fmt: skip
+    return report
+
+
+def load_report(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / "stage4_train.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "stage4_train.json"

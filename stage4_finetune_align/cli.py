@@ -191,6 +191,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from shared import paths
     from stage4_finetune_align.bench import (
         METHOD_LABELS,
+        carry_over,
+        load_report,
         measure_method,
         measure_precision,
         measure_served,
@@ -214,6 +216,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         "methods": [],
         "precisions": [],
     }
+    out_dir = Path(args.out) if args.out else paths.reports_dir()
+    previous = load_report(out_dir)  # what this run does not re-measure is kept from it (carry_over)
     with progress() as bar:
         task = bar.add_task("methods", total=len(methods))
         for method in methods:
@@ -221,10 +225,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             report["methods"].append(row)
             report.update(held_out_pairs=row["held_out_pairs"], held_out_prompts=row["held_out_prompts"])
             bar.advance(task)
-        default = next((row for row in report["methods"] if row["method"] == DEFAULT_METHOD), None)
-        out_dir = Path(args.out) if args.out else paths.reports_dir()
+        partial = carry_over({**report, "methods": list(report["methods"])}, previous)
         if methods:  # the method rows are the long part: on disk before the served and precision runs
-            write_report({**report, "verdict": verdict(report["methods"], DEFAULT_METHOD)}, out_dir)
+            write_report({**partial, "verdict": verdict(partial["methods"], DEFAULT_METHOD)}, out_dir)
+        default = next((row for row in partial["methods"] if row["method"] == DEFAULT_METHOD), None)
         if args.served and default:
             task = bar.add_task("served", total=None)
             report["served"] = measure_served(
@@ -235,6 +239,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bar.update(task, description=f"{quant}: {args.steps} DPO steps in a fresh process")
             report["precisions"].append(measure_precision(quant, args.steps, args.batch_size, args.model))
             bar.advance(task)
+    report = carry_over(report, previous)
     report["verdict"] = verdict(report["methods"], DEFAULT_METHOD)
     json_path, plot_path = write_report(report, out_dir)
     if args.json:
@@ -261,6 +266,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"default method {v['method']}: "
             + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in v["met"].items())
         )
+    if report.get("carried_over"):
+        console.print(f"kept from the earlier report (not re-measured): {', '.join(report['carried_over'])}")
     console.print(f"wrote {json_path} and {plot_path}")
     return 0
 

