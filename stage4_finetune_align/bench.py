@@ -204,7 +204,11 @@ def carry_over(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[
     if not previous or previous.get("model") != report["model"]:
         return report
     done = {row["method"] for row in report["methods"]}
-    kept = [row for row in previous.get("methods", []) if row["method"] not in done and row["method"] in METHOD_LABELS]
+    kept = [
+        row
+        for row in previous.get("methods", [])
+        if row["method"] not in done and row["method"] in METHOD_LABELS
+    ]
     order = list(METHOD_LABELS)
     report["methods"] = sorted(report["methods"] + kept, key=lambda row: order.index(row["method"]))
     carried = [f"method {row['method']}" for row in kept]

@@ -39,7 +39,13 @@ def methods(r: dict[str, Any]) -> str:
              f"(`reports/stage4_train.json`):", "", *rows]  # fmt: skip
     v = r.get("verdict") or {}
     if v:
-        v = {**v, "targets": {**v["targets"], "lift_points": 100 * v["targets"]["all_rules_lift_over_base_at_least"]}}
+        v = {
+            **v,
+            "targets": {
+                **v["targets"],
+                "lift_points": 100 * v["targets"]["all_rules_lift_over_base_at_least"],
+            },
+        }
         met = [TARGET_NAMES[k].format(**v["targets"]) for k, ok in v["met"].items() if ok]
         missed = [TARGET_NAMES[k].format(**v["targets"]) for k, ok in v["met"].items() if not ok]
         lines += ["", f"The default, {v['method']}, against the targets: met: {'; '.join(met) or 'none'}; "

