@@ -21,8 +21,8 @@ The default is still `sft-dpo`, but `bench` measured against it (reports/stage4_
 held-out prompts): DPO alone trained in 9.4 minutes and 74% of its replies met all three style
 rules; SFT then DPO took 14.1 minutes (over the 10-minute budget) and reached 53%, SFT alone 60%,
 the base 7%. Switching the default to `dpo` also changes the suite's shortened default run and the
-demo's (12 SFT + 4 DPO steps today), and DPO alone works only near its full 30 steps: a DPO-only
-run short enough for the suite has not yet been shown to lift the replies.
+demo's (12 SFT + 4 DPO steps today), and DPO alone is measured only at its full 30 steps: a
+DPO-only run short enough for the suite has not yet been shown to lift the replies.
 
 Every sequence is whole: the max length is fitted to the data (`lengths.py`), and written into the
 adapter folder so that evaluation cuts, or rather does not cut, the same way. Checkpoints every
