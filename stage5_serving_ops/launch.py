@@ -63,7 +63,8 @@ def server_config(
                         api_key=getattr(args, "api_key", None), lora=getattr(args, "lora", None),
                         kv_cache_gib=args.kv_cache_gib, served_name=getattr(args, "served_name", None) or "",
                         engine=getattr(args, "engine", "vllm"), prefix_caching=getattr(args, "prefix_caching", True),
-                        speculative_tokens=getattr(args, "speculative_tokens", 0))  # fmt: skip
+                        speculative_tokens=getattr(args, "speculative_tokens", 0),
+                        dtype=getattr(args, "dtype", "") or "")  # fmt: skip
 
 
 def start_server(config: ServerConfig) -> VLLMServer:

@@ -1,10 +1,13 @@
 """The tuned model through stage 5's server: merged and served by vLLM, its replies scored through the OpenAI API.
 
-The in-process figures (Transformers, float32) and the served ones (vLLM, which serves a float32 folder
-in bfloat16 on this CPU) come from the same weights and the same greedy decoding, but not the same
-arithmetic: a reply may part from the other at a near tie between two tokens, and over 128 greedy
-tokens most do (measured on a short run: 1 of 12 replies identical). So the test compares what the
-issue asks for, the style figures, within a stated TOLERANCE, and prints how many replies are identical.
+vLLM serves a float32 folder in bfloat16 on this CPU by default, and bfloat16 greedy replies part
+from the in-process float32 ones at the first near tie between two tokens: over 128 tokens most do
+(stage 4's bench: 6 of 43 identical), and on 12 prompts the share meeting all rules then moved by
+up to 0.25 between runs, which no tolerance on 12 prompts can tell from a broken merge. So the test
+serves the merged folder with `serve --dtype float32`, the in-process arithmetic, where a served
+reply must be the in-process reply token for token (measured: 12 of 12). One near tie may still
+fall the other way between vLLM's kernels and PyTorch's, so one reply of the 12 may differ, and
+the style figures may then move by one reply's worth. The bfloat16 figures are the bench's.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import pytest
 from stage4_finetune_align.serving import ServedModel
 
 PROMPTS = 12  # held-out prompts asked both ways
-TOLERANCE = 0.17  # 2 of 12 replies may fall on the other side of a rule
-SENTENCES_TOLERANCE = 0.5  # mean sentences per reply
+MAY_DIFFER = 1  # replies that a near tie may turn between vLLM's float32 kernels and PyTorch's
+TOLERANCE = MAY_DIFFER / PROMPTS + 1e-9  # so a rule's share may move by one reply
+SENTENCES_TOLERANCE = 0.5  # mean sentences per reply: one reply's 6 sentences more or fewer
 
 
 def eval_json(*args: str) -> dict:
@@ -54,7 +58,7 @@ def merged(tuned, tmp_path_factory):
 @pytest.mark.slow
 def test_the_served_merged_model_writes_what_it_writes_in_process(merged, tmp_path):
     in_process = eval_json("--model", str(merged))
-    with ServedModel(str(merged), log_dir=tmp_path) as server:
+    with ServedModel(str(merged), log_dir=tmp_path, dtype="float32") as server:
         port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
         assert vllm_processes(port), "the serve command started vLLM"
         served = eval_json("--base-url", server.base_url)
@@ -66,6 +70,9 @@ def test_the_served_merged_model_writes_what_it_writes_in_process(merged, tmp_pa
     print(f"served vs in-process on {PROMPTS} prompts: {identical} identical replies; all rules "
           f"{theirs['all_rules']:.2f} vs {mine['all_rules']:.2f}; mean sentences {theirs['mean_sentences']:.2f} vs "
           f"{mine['mean_sentences']:.2f}; blame {theirs['blame_rate']:.2f} vs {mine['blame_rate']:.2f}")  # fmt: skip
+    assert identical >= PROMPTS - MAY_DIFFER, (
+        "served in float32, the merged model writes its in-process replies"
+    )
     assert abs(theirs["all_rules"] - mine["all_rules"]) <= TOLERANCE
     assert abs(theirs["mean_sentences"] - mine["mean_sentences"]) <= SENTENCES_TOLERANCE
     assert abs(theirs["blame_rate"] - mine["blame_rate"]) <= TOLERANCE

@@ -45,6 +45,22 @@ def test_the_command_line_is_the_documented_one_and_holds_no_secret(tmp_path):
     assert wrapped[1:3] == ["-m", "stage5_serving_ops.watchdog"] and wrapped[-len(args) :] == args
 
 
+@pytest.mark.parametrize("engine", ["vllm", "scratch"])
+def test_serve_dtype_reaches_the_engine_command_line(engine, tmp_path):
+    from stage5_serving_ops.cli import build_parser
+    from stage5_serving_ops.launch import server_config
+
+    def dtype_of(*argv: str) -> str | None:
+        args = build_parser().parse_args(["serve", "--engine", engine, "--port", "8123", *argv])
+        line = command(server_config(args), tmp_path, gpu=False)
+        return line[line.index("--dtype") + 1] if "--dtype" in line else None
+
+    assert dtype_of("--dtype", "float32") == "float32"
+    assert dtype_of() is None  # the engine's own default: bfloat16 on a CPU
+    with pytest.raises(SystemExit):
+        dtype_of("--dtype", "float16")
+
+
 def test_serve_refuses_a_public_host_without_a_key_in_one_line():
     done = subprocess.run([sys.executable, "-m", "stage5_serving_ops", "serve", "--host", "0.0.0.0"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
