@@ -150,10 +150,14 @@ def test_reflection_rewrites_and_stops_at_max_rounds(retriever, graph):
 @pytest.mark.exercise("stage3.rrf", "stage3.reflect_decision")
 def test_by_default_an_exhausted_loop_answers_from_the_first_round(retriever, graph):
     chat, judge = FakeChat(), ScriptedJudge(0.0, 0.0, 0.0)
-    result = SelfReflectiveRAG(retriever, chat, judge=judge, graph=graph, max_rounds=3, mode="hybrid").ask(QUESTION)
+    result = SelfReflectiveRAG(retriever, chat, judge=judge, graph=graph, max_rounds=3, mode="hybrid").ask(
+        QUESTION
+    )
     assert judge.calls == 3 and not any(r.sufficient for r in result.rounds)
     assert result.context is judge.contexts[0] and result.context.ids == result.rounds[0].chunk_ids
-    assert judge.contexts[0].prompt() in chat.prompts[-1], "the answer is written from the first round's passages"
+    assert judge.contexts[0].prompt() in chat.prompts[-1], (
+        "the answer is written from the first round's passages"
+    )
     answer_step = [s for s in result.trace if s["step"] == "answer"]
     assert len(answer_step) == 1 and answer_step[0]["exhausted"] and answer_step[0]["from_round"] == 1
     with pytest.raises(ValueError, match="on_exhausted"):
