@@ -58,7 +58,7 @@ def _score_pipeline(
     """Run stage 3 through a server (ours, or the one at --base-url), score its records; (result, source)."""
     from stage5_serving_ops.dataset import load_dataset
     from stage5_serving_ops.launch import running_server, server_config
-    from stage5_serving_ops.pipeline import DEFAULT, VARIANTS, export, prepare, records_path
+    from stage5_serving_ops.pipeline import DEFAULT, SERVED_DTYPE, VARIANTS, export, prepare, records_path
     from stage5_serving_ops.provenance import served_provenance
     from stage5_serving_ops.ragas_metrics import evaluate_set
     from stage5_serving_ops.server import served_model
@@ -66,7 +66,10 @@ def _score_pipeline(
     variant = VARIANTS[args.regression] if args.regression else DEFAULT
     index = Path(args.index) if args.index else None
     model = args.model if args.base_url else prepare(variant, args.model, index)
-    context = nullcontext(None) if args.base_url else running_server(server_config(args, port=0, model=model))
+    config = None if args.base_url else server_config(args, port=0, model=model)
+    if config is not None:
+        config.dtype = config.dtype or SERVED_DTYPE  # as the baseline was measured (regressions)
+    context = nullcontext(None) if config is None else running_server(config)
     with context as server:
         base_url = args.base_url or server.base_url
         served = args.served_name or (served_model(base_url, args.api_key) if args.base_url

@@ -121,6 +121,69 @@ def load(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+METRIC_LABELS = {
+    "non_llm_context_precision_with_reference": "context precision",
+    "non_llm_context_recall": "context recall",
+    "non_llm_string_similarity": "string similarity",
+    "semantic_similarity": "semantic similarity",
+    "faithfulness": "faithfulness",
+    "answer_relevancy": "answer relevancy",
+}
+
+
+def _gate_cell(run: dict[str, Any], metric: str, is_default: bool) -> str:
+    value = run["result"]["metrics"].get(metric)
+    if value is None:
+        return "-"
+    paired = (run.get("paired") or {}).get(metric)
+    text = f"{value:.3f}"
+    if paired and not is_default:
+        text += f" ({paired['mean']:+.3f} ± {paired['standard_error']:.3f})"
+    return f"**{text}**" if metric in {f["metric"] for f in run["gate"]["failures"]} else text
+
+
+def gate(r: dict[str, Any]) -> str:
+    """The gate table: every variant x every metric (mean, paired difference ± its standard error),
+    bold where the metric failed, the verdict; then the floors and what the run caught."""
+    metrics = r["metrics"]
+    specs = r["thresholds"]["metrics"]
+    not_gated = r.get("not_gated", {})
+    head = (
+        "| variant | the change (a flag) | "
+        + " | ".join(METRIC_LABELS.get(m, m) for m in metrics)
+        + " | gate |"
+    )
+    rule = "|---|---|" + "---:|" * len(metrics) + "---|"
+    rows = []
+    for name, run in r["runs"].items():
+        cells = " | ".join(_gate_cell(run, m, name == "default") for m in metrics)
+        verdict = "pass" if run["gate"]["passed"] else "**fails**"
+        rows.append(f"| {name} | {run['what']} | {cells} | {verdict} |")
+    floors = " | ".join("not gated" if m in not_gated else
+                        (f"{specs[m]['min']:.2f}" if specs.get(m, {}).get("min") is not None else "-")
+                        for m in metrics)  # fmt: skip
+    rows.append(f"| *floor* | baseline - 2 standard errors | {floors} | |")
+    runs = r["runs"]
+    regressions = [n for n, run in runs.items() if run["expected"] == "fail"]
+    caught = [n for n in regressions if not runs[n]["gate"]["passed"]]
+    default = runs.get("default")
+    base = r["thresholds"].get("baseline", {})
+    intro = (f"Measured on {r['n']} {r['split']} questions through the same server, {r['model']['label']}; the "
+             f"floors and the paired test's baseline are the default run's {base.get('records', '?')} records "
+             "(`data/eval_thresholds.toml`, `data/eval_baseline.json`); `reports/stage5_gate.json`:")  # fmt: skip
+    prose = [f"Regressions caught: **{len(caught)} of {len(regressions)}**"
+             + (f" ({', '.join(caught)})" if caught else "") + "; the default pipeline "
+             + ("passes." if default and default["gate"]["passed"] else "**fails**.")]  # fmt: skip
+    if r.get("judge"):
+        j = r["judge"]
+        rate = "-" if j.get("parse_rate") is None else f"{j['parse_rate']:.0%}"
+        prose.append(f"The judge (the default model, structured outputs through vLLM) answered {j['replies']} of "
+                     f"{j['calls']} calls; {rate} of its replies parsed under the schema.")  # fmt: skip
+    for metric, why in not_gated.items():
+        prose.append(f"{METRIC_LABELS.get(metric, metric)} is reported, not gated: {why}.")
+    return "\n".join([intro, "", head, rule, *rows, "", " ".join(prose)])
+
+
 SECTIONS = [("load", "stage5_serving.json", load), ("race", "stage5_engine.json", race),
-            ("plans", "stage5_plans.json", plans)]  # fmt: skip
-ASSETS = ["stage5_engine.png", "stage5_serving.png"]
+            ("plans", "stage5_plans.json", plans), ("gate", "stage5_gate.json", gate)]  # fmt: skip
+ASSETS = ["stage5_engine.png", "stage5_serving.png", "stage5_gate.png"]

@@ -43,6 +43,13 @@ from stage5_serving_ops.server import log_tail, watched
 STAGE3 = (sys.executable, "-m", "stage3_retrieval")
 DEFAULT_SPLIT = "test"
 DEFAULT_LIMIT = None  # questions per run: the whole split (the test split: 60, over all three sources)
+# The pipeline's own server computes in float32, the checkpoint's stored precision. The RAG's judge
+# and answerer each read about 700 tokens of context, so the gate is bound by prefill, and on a CPU
+# without bfloat16 instructions (AVX2 only, as the 2-core machines this course was measured on)
+# vLLM's default bfloat16 is emulated: a cold 641-token prefill took 18 s in bfloat16 and 3.6 s in
+# float32, while 64 decoded tokens took 6.0 s and 7.4 s (one run each, 2026-12-01). Served replies
+# then also equal an in-process float32 run's, token for token (stage 4's server test).
+SERVED_DTYPE = "float32"
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ through it. Every run is scored by the same metrics; with `--write-thresholds` t
 means become the new thresholds (gate.thresholds_from_baseline) before any verdict is given, and the
 judge agreement that `calibrate` measured is carried into the file. The table then shows each
 variant against the same thresholds. Only one server runs at a time: on 2 CPU cores two would
-slow each other down, and their KV caches would not fit beside each other in 8 GiB.
+slow each other down, and their KV caches would not fit beside each other in 8 GiB. Every server
+computes in float32 (pipeline.SERVED_DTYPE: on a CPU without bfloat16 instructions the gate's
+prefill-bound work runs about 5x faster), and the thresholds file records it (`served_in`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stage5_serving_ops.pipeline import (
     DEFAULT,
     DEFAULT_LIMIT,
     DEFAULT_SPLIT,
+    SERVED_DTYPE,
     VARIANTS,
     Variant,
     export,
@@ -136,7 +139,7 @@ def export_and_score(plan: Plan, served: dict[str, str], judged: tuple[str, ...]
     judge = None
     for model in sorted(groups, key=lambda m: m == plan.model):
         config = ServerConfig(model=model, port=0, api_key=plan.api_key, kv_cache_gib=plan.kv_cache_gib,
-                              served_name=served_name(plan, groups[model][0]))  # fmt: skip
+                              served_name=served_name(plan, groups[model][0]), dtype=SERVED_DTYPE)  # fmt: skip
         with start(config) as server:
             for variant in groups[model]:
                 served_as[variant.name] = server.engine_dtype()
@@ -167,8 +170,8 @@ def rebaseline(plan: Plan, results: dict[str, Any], thresholds: dict[str, Any], 
     agreement = judge_agreement() or {n: s.get("judge_agreement") for n, s in thresholds["metrics"].items()}
     entries = gates.thresholds_from_baseline(results[DEFAULT.name], agreement)
     info = {"pipeline": "python -m stage3_retrieval export-eval through this stage's vLLM server",
-            "model": provenance(plan.model)["label"], "split": plan.split, "limit": plan.limit or 0,
-            "records": results[DEFAULT.name]["n"]}  # fmt: skip
+            "model": provenance(plan.model)["label"], "served_in": SERVED_DTYPE, "split": plan.split,
+            "limit": plan.limit or 0, "records": results[DEFAULT.name]["n"]}  # fmt: skip
     gates.write_thresholds(entries, info, thresholds_path, thresholds["judge_agreement_bar"])
     gates.write_baseline(results[DEFAULT.name], info, baseline_path)
     return gates.load_thresholds(thresholds_path)

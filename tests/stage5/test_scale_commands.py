@@ -140,3 +140,30 @@ def test_the_readme_renders_the_settings_sweep_and_the_race():
                  "speculative": {"copy": spec}, "speculative_float32": {"copy": {"identical_replies": 8, "replies": 8}},
                  "ratios": {"prefix_ttft_speedup": 1.0}, "targets": {"t": True}})  # fmt: skip
     assert "| 16 | 40.0 | 20.0 | 0.50x |" in text and "8 of 8 copy" in text and "t: met" in text
+
+
+def test_the_readme_renders_the_gate_table_with_failures_in_bold():
+    from stage5_serving_ops.figures import gate
+
+    precision, relevancy = "non_llm_context_precision_with_reference", "answer_relevancy"
+    paired = {"mean": -0.18, "standard_error": 0.05, "n": 60}
+
+    def run(expected, failed, value):
+        return {"what": f"{expected} run", "expected": expected, "result": {"metrics": {precision: value, relevancy: 0.4}},
+                "gate": {"passed": not failed, "failures": [{"metric": precision}] if failed else []},
+                "paired": {precision: paired, relevancy: {**paired, "mean": 0.01}}}  # fmt: skip
+
+    report = {"n": 60, "split": "test", "model": {"label": "smollm2"}, "metrics": [precision, relevancy],
+              "thresholds": {"metrics": {precision: {"min": 0.78}, relevancy: {"min": None}}, "baseline": {"records": 60}},
+              "not_gated": {relevancy: "judge agreement 0.45 is below the bar 0.80"},
+              "judge": {"calls": 120, "replies": 120, "parsed": 120, "parse_rate": 1.0},
+              "runs": {"default": run("pass", False, 0.85), "bm25-only": run("fail", True, 0.67),
+                       "fixed-chunks": run("fail", False, 0.84)}}  # fmt: skip
+    text = gate(report)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("|")}
+    assert "| 0.850 | 0.400 | pass |" in rows["default"], "the default row has no paired difference"
+    assert "**0.670 (-0.180 ± 0.050)**" in rows["bm25-only"] and rows["bm25-only"].endswith("| **fails** |")
+    assert rows["fixed-chunks"].endswith("| pass |") and "0.840 (-0.180 ± 0.050)" in rows["fixed-chunks"]
+    assert "| 0.78 | not gated |" in rows["*floor*"]
+    assert "Regressions caught: **1 of 2** (bm25-only); the default pipeline passes." in text
+    assert "100% of its replies parsed" in text and "answer relevancy is reported, not gated" in text
