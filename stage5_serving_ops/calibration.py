@@ -27,7 +27,7 @@ from typing import Any
 
 from stage5_serving_ops.dataset import CALIBRATION_SET, bad_copy, load_dataset
 from stage5_serving_ops.gate import JUDGE_AGREEMENT_BAR
-from stage5_serving_ops.ragas_metrics import JUDGE_METRICS, evaluate_set
+from stage5_serving_ops.ragas_metrics import JUDGE_METRICS, evaluate_set, short_name
 
 REPORT_NAME = "stage5_calibration.json"
 
@@ -98,7 +98,7 @@ def plot(report: dict[str, Any], path: Any) -> Any:
     for x, r in zip(xs, rows, strict=True):
         text = "-" if r["agreement"] is None else f"AUC {r['agreement']:.2f}"
         ax.text(x, max(good[x], bad[x]) + 0.03, text, ha="center", fontsize=8)
-    ax.set_xticks(list(xs), [r["metric"].replace("non_llm_", "").replace("_with_reference", "") for r in rows],
+    ax.set_xticks(list(xs), [short_name(r["metric"]) for r in rows],
                   rotation=15, fontsize=8)  # fmt: skip
     ax.set_ylim(0, 1.15)
     ax.set_ylabel("mean score")

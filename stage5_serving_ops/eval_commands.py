@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from shared import paths
 from shared.console import BadInput, WorkFailed, console, print_json, progress, show, table
-
-
-def _short(metric: str) -> str:
-    return metric.replace("non_llm_", "").replace("_with_reference", "")
+from stage5_serving_ops.ragas_metrics import short_name
 
 
 def _thresholds(args: argparse.Namespace) -> dict[str, Any]:
@@ -44,7 +42,7 @@ def _show_result(result: dict[str, Any], thresholds: dict[str, Any], title: str)
     for name, value in result["metrics"].items():
         spec = thresholds["metrics"].get(name, {})
         gate_cell = "not gated" if name in unjudged else str(spec.get("min", "-"))
-        rows.append((_short(name), "-" if value is None else f"{value:.3f}", gate_cell,
+        rows.append((short_name(name), "-" if value is None else f"{value:.3f}", gate_cell,
                      result["failed"].get(name, 0), result["skipped"].get(name, 0)))  # fmt: skip
     show(table(title, ["metric", "mean", "gate: at least", "failed to score", "skipped"], rows))
     for name, why in unjudged.items():
@@ -66,10 +64,10 @@ def _score_pipeline(
     variant = VARIANTS[args.regression] if args.regression else DEFAULT
     index = Path(args.index) if args.index else None
     model = args.model if args.base_url else prepare(variant, args.model, index)
-    config = None if args.base_url else server_config(args, port=0, model=model)
-    if config is not None:
-        config.dtype = config.dtype or SERVED_DTYPE  # as the baseline was measured (regressions)
-    context = nullcontext(None) if config is None else running_server(config)
+    if args.base_url:
+        context = nullcontext(None)
+    else:  # served as the baseline was measured (regressions)
+        context = running_server(replace(server_config(args, port=0, model=model), dtype=SERVED_DTYPE))
     with context as server:
         base_url = args.base_url or server.base_url
         served = args.served_name or (served_model(base_url, args.api_key) if args.base_url
@@ -170,7 +168,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     show(table(f"calibration: {report['n_good']} good records against their bad copy",
                ["metric", "good mean (worst)", "bad mean (best)", "agreement", "failed to score"],
-               [(_short(r["metric"]), f"{cell(r['good_mean'])} ({cell(r['good_worst'])})",
+               [(short_name(r["metric"]), f"{cell(r['good_mean'])} ({cell(r['good_worst'])})",
                  f"{cell(r['bad_mean'])} ({cell(r['bad_best'])})", cell(r["agreement"]), r["failed"])
                 for r in report["rows"]]))  # fmt: skip
     if judge:
@@ -210,7 +208,7 @@ def cmd_regressions(args: argparse.Namespace) -> int:
     else:
         metrics = report["metrics"]
         show(table(f"the gate on {report['n']} {report['split']} questions, {report['model']['label']} (x: below its threshold)",
-                   ["variant", *(_short(m) for m in metrics), "gate"], summary_rows(report["runs"], metrics)))  # fmt: skip
+                   ["variant", *(short_name(m) for m in metrics), "gate"], summary_rows(report["runs"], metrics)))  # fmt: skip
         for name, why in report["not_gated"].items():
             console.print(f"[dim]{name}: {why}[/dim]")
         console.print(f"wrote {path} and {png}")

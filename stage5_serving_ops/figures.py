@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stage5_serving_ops.ragas_metrics import short_name
+
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f}"
@@ -121,14 +123,8 @@ def load(r: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-METRIC_LABELS = {
-    "non_llm_context_precision_with_reference": "context precision",
-    "non_llm_context_recall": "context recall",
-    "non_llm_string_similarity": "string similarity",
-    "semantic_similarity": "semantic similarity",
-    "faithfulness": "faithfulness",
-    "answer_relevancy": "answer relevancy",
-}
+def _label(metric: str) -> str:
+    return short_name(metric).replace("_", " ")
 
 
 def _gate_cell(run: dict[str, Any], metric: str, is_default: bool) -> str:
@@ -148,11 +144,7 @@ def gate(r: dict[str, Any]) -> str:
     metrics = r["metrics"]
     specs = r["thresholds"]["metrics"]
     not_gated = r.get("not_gated", {})
-    head = (
-        "| variant | the change (a flag) | "
-        + " | ".join(METRIC_LABELS.get(m, m) for m in metrics)
-        + " | gate |"
-    )
+    head = "| variant | the change (a flag) | " + " | ".join(_label(m) for m in metrics) + " | gate |"
     rule = "|---|---|" + "---:|" * len(metrics) + "---|"
     rows = []
     for name, run in r["runs"].items():
@@ -180,7 +172,7 @@ def gate(r: dict[str, Any]) -> str:
         prose.append(f"The judge (the default model, structured outputs through vLLM) answered {j['replies']} of "
                      f"{j['calls']} calls; {rate} of its replies parsed under the schema.")  # fmt: skip
     for metric, why in not_gated.items():
-        prose.append(f"{METRIC_LABELS.get(metric, metric)} is reported, not gated: {why}.")
+        prose.append(f"{_label(metric)} is reported, not gated: {why}.")
     return "\n".join([intro, "", head, rule, *rows, "", " ".join(prose)])
 
 

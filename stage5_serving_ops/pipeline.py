@@ -38,6 +38,7 @@ from typing import Any
 from shared import paths
 from shared.console import WorkFailed
 from stage5_serving_ops.launch import stop_on_signals
+from stage5_serving_ops.ragas_metrics import short_name
 from stage5_serving_ops.server import log_tail, watched
 
 STAGE3 = (sys.executable, "-m", "stage3_retrieval")
@@ -46,9 +47,8 @@ DEFAULT_LIMIT = None  # questions per run: the whole split (the test split: 60, 
 # The pipeline's own server computes in float32, the checkpoint's stored precision. The RAG's judge
 # and answerer each read about 700 tokens of context, so the gate is bound by prefill, and on a CPU
 # without bfloat16 instructions (AVX2 only, as the 2-core machines this course was measured on)
-# vLLM's default bfloat16 is emulated: a cold 641-token prefill took 18 s in bfloat16 and 3.6 s in
-# float32, while 64 decoded tokens took 6.0 s and 7.4 s (one run each, 2026-12-01). Served replies
-# then also equal an in-process float32 run's, token for token (stage 4's server test).
+# vLLM's default bfloat16 is emulated, and prefill pays for it far more than decoding does. Served
+# replies then also equal an in-process float32 run's, token for token (stage 4's server test).
 SERVED_DTYPE = "float32"
 
 
@@ -194,7 +194,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
             ax.axhline(threshold, color="black", linestyle="--", linewidth=1)
         ax.set_xticks(range(len(names)), names, rotation=30, fontsize=7, ha="right")
         ax.set_ylim(0, 1.05)
-        ax.set_title(metric.replace("non_llm_", "").replace("_with_reference", ""), fontsize=9)
+        ax.set_title(short_name(metric), fontsize=9)
     fig.suptitle(f"the gate on {report['n']} questions, {report['model']['model']} ({report['model']['source']}): "
                  "default pipeline against each regression (dashed: threshold)", fontsize=10)  # fmt: skip
     fig.tight_layout()

@@ -82,6 +82,12 @@ JUDGE_METRICS = ("faithfulness", "answer_relevancy")
 CONTEXT_METRICS = NO_LLM_METRICS[:2]
 ALL_METRICS = NO_LLM_METRICS + JUDGE_METRICS
 
+
+def short_name(metric: str) -> str:
+    """Ragas' metric name without its family prefix and suffix: context_precision, string_similarity."""
+    return metric.replace("non_llm_", "").replace("_with_reference", "")
+
+
 # What each metric needs from a record (non-empty); a record without it is skipped for that metric.
 NEEDS = {
     "non_llm_context_precision_with_reference": ("reference_contexts",),

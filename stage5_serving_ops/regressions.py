@@ -12,7 +12,7 @@ judge agreement that `calibrate` measured is carried into the file. The table th
 variant against the same thresholds. Only one server runs at a time: on 2 CPU cores two would
 slow each other down, and their KV caches would not fit beside each other in 8 GiB. Every server
 computes in float32 (pipeline.SERVED_DTYPE: on a CPU without bfloat16 instructions the gate's
-prefill-bound work runs about 5x faster), and the thresholds file records it (`served_in`).
+prefill-bound work is much faster so), and the thresholds file records it (`served_in`).
 """
 
 from __future__ import annotations
