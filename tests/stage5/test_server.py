@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from shared.console import BadInput, WorkFailed
-from stage5_serving_ops.server import ServerConfig, VLLMServer, command, environment, is_loopback, watched
+from stage5_serving_ops.server import (
+    ServerConfig,
+    VLLMServer,
+    command,
+    engine_dtype_for,
+    environment,
+    is_loopback,
+    watched,
+)
 from stage5_serving_ops.watchdog import process_group_members
 
 from .conftest import API_KEY
@@ -56,9 +64,21 @@ def test_serve_dtype_reaches_the_engine_command_line(engine, tmp_path):
         return line[line.index("--dtype") + 1] if "--dtype" in line else None
 
     assert dtype_of("--dtype", "float32") == "float32"
-    assert dtype_of() is None  # the engine's own default: bfloat16 on a CPU
+    assert dtype_of("--dtype", "bfloat16") == "bfloat16"
+    assert dtype_of() == engine_dtype_for("auto", gpu=False)  # auto: chosen for this machine's CPU
     with pytest.raises(SystemExit):
         dtype_of("--dtype", "float16")
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_processor_computes_it():
+    avx2 = "flags\t\t: fpu sse2 avx avx2 fma avx512f\n"
+    assert engine_dtype_for("auto", gpu=False, cpuinfo=avx2) == "float32"  # bfloat16 emulated: 5x slower prefill
+    assert engine_dtype_for("auto", gpu=False, cpuinfo=avx2 + "flags : avx512_bf16\n") == "bfloat16"
+    assert engine_dtype_for("auto", gpu=False, cpuinfo="Features : fp asimd bf16\n") == "bfloat16"  # Arm
+    assert engine_dtype_for("auto", gpu=True, cpuinfo=avx2) is None  # a GPU: the engine's own default
+    assert engine_dtype_for("float32", gpu=True) == "float32"
+    with pytest.raises(BadInput, match="--dtype"):
+        ServerConfig(port=8123, dtype="float16")
 
 
 def test_serve_refuses_a_public_host_without_a_key_in_one_line():
