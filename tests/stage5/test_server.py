@@ -72,7 +72,9 @@ def test_serve_dtype_reaches_the_engine_command_line(engine, tmp_path):
 
 def test_auto_dtype_is_bfloat16_only_where_the_processor_computes_it():
     avx2 = "flags\t\t: fpu sse2 avx avx2 fma avx512f\n"
-    assert engine_dtype_for("auto", gpu=False, cpuinfo=avx2) == "float32"  # bfloat16 emulated: 5x slower prefill
+    assert (
+        engine_dtype_for("auto", gpu=False, cpuinfo=avx2) == "float32"
+    )  # bfloat16 emulated: 5x slower prefill
     assert engine_dtype_for("auto", gpu=False, cpuinfo=avx2 + "flags : avx512_bf16\n") == "bfloat16"
     assert engine_dtype_for("auto", gpu=False, cpuinfo="Features : fp asimd bf16\n") == "bfloat16"  # Arm
     assert engine_dtype_for("auto", gpu=True, cpuinfo=avx2) is None  # a GPU: the engine's own default
