@@ -86,6 +86,7 @@ bench: setup
 	$(PY) -m stage4_finetune_align bench
 	$(PY) -m stage5_serving_ops bench --settings default,all-cores,all-cores+batch
 	$(PY) -m stage5_serving_ops race
+	$(PY) -m stage5_serving_ops dtypes
 	$(PY) -m stage5_serving_ops quantize
 	$(PY) -m stage5_serving_ops calibrate
 	$(PY) -m stage5_serving_ops regressions

@@ -2,7 +2,8 @@
 
 The top README's "Measured" section sits between two HTML comments and is generated from the JSON
 that `make bench` writes under reports/, so the numbers a learner reads are the numbers a run
-produced. A report that is missing leaves its stage's row saying so (run that stage's bench).
+produced. A report that is missing keeps the row the README has for it, or, where there is none,
+says so (run that stage's bench).
 
 A stage may keep its own measured sections the same way: its `figures.py` lists `SECTIONS`
 (`(name, report file, render)`: the text between `<!-- name:start -->` and `<!-- name:end -->` in the
@@ -133,8 +134,12 @@ SOURCES: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
-def section(reports: Path | None = None) -> str:
+def section(reports: Path | None = None, previous: dict[str, str] | None = None) -> str:
+    """The table, a row per source, each naming its report. A source whose report is missing keeps its
+    row from `previous` (report name -> the README's row now), so re-rendering after one stage's bench,
+    in a checkout without the other reports, loses nothing; with no such row it says how to measure it."""
     reports = reports or paths.reports_dir()
+    previous = previous or {}
     rows = []
     for stage, name, summarise in SOURCES:
         report = _load(name, reports)
@@ -142,8 +147,23 @@ def section(reports: Path | None = None) -> str:
             text = summarise(report) if report else f"no report yet: run `make bench` (writes reports/{name})"
         except (KeyError, TypeError, ValueError) as e:
             text = f"reports/{name} has an unexpected shape ({e!r}); rerun its bench"
-        rows.append(f"| {stage} | {text} |")
-    return "\n".join([START, "| stage | measured by `make bench` |", "|---|---|", *rows, END])
+        kept = previous.get(name)
+        rows.append(
+            kept
+            if report is None and kept and "no report yet" not in kept
+            else f"| {stage} | {text} | `{name}` |"
+        )
+    return "\n".join([START, "| stage | measured by `make bench` | report |", "|---|---|---|", *rows, END])
+
+
+def rows_by_report(table_text: str) -> dict[str, str]:
+    """The rows of a rendered table, by the report named in their last cell."""
+    found = {}
+    for line in table_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[-1].startswith("`") and cells[-1].endswith(".json`"):
+            found[cells[-1].strip("`")] = line.strip()
+    return found
 
 
 def update(readme: Path, reports: Path | None = None) -> tuple[str, str]:
@@ -151,8 +171,8 @@ def update(readme: Path, reports: Path | None = None) -> tuple[str, str]:
     if START not in text or END not in text:
         raise BadInput(f"{readme} has no {START} ... {END} section to fill")
     before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    return text, before + section(reports) + after
+    table_text, after = rest.split(END, 1)
+    return text, before + section(reports, rows_by_report(table_text)) + after
 
 
 STAGE_PACKAGES = ("stage1_foundations", "stage2_prompting_tools", "stage3_retrieval", "stage4_finetune_align",

@@ -210,9 +210,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if args.steps < 2:
         raise BadInput(f"--steps must be at least 2 (the first step is not timed), got {args.steps}")
+    from stage4_finetune_align.data import load_pairs
+    from stage4_finetune_align.generation import rules_on_the_data
+
     report: dict[str, Any] = {
         "model": args.model,
         "default_method": DEFAULT_METHOD,
+        "rules_on_the_data": rules_on_the_data(
+            load_pairs(split="test")
+        ),  # the instrument, on held-out answers
         "methods": [],
         "precisions": [],
     }

@@ -1,7 +1,7 @@
 """Stage 4's measured figures, written into its README from `reports/stage4_train.json` (`bench`).
 
-Three sections, each between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md: the method
-table against the targets, the default method served by stage 5's vLLM, and the cost of a DPO step
+Four sections, each between `<!-- NAME:start -->` and `<!-- NAME:end -->` in README.md: the style
+rules scored on the held-out split's own answers (the instrument), the method table against the targets, the default method served by stage 5's vLLM, and the cost of a DPO step
 at each precision of the frozen base. `python -m shared.figures` (`make figures`) calls them.
 """
 
@@ -78,6 +78,20 @@ def precisions(r: dict[str, Any]) -> str:
             "| precision | device | s/step | frozen base (MiB) | peak memory (MiB) |\n|---|---|---:|---:|---:|\n" + body)  # fmt: skip
 
 
-SECTIONS = [("methods", "stage4_train.json", methods), ("served", "stage4_train.json", served),
+def instrument(r: dict[str, Any]) -> str:
+    checked = r.get("rules_on_the_data")
+    if not checked:
+        return "Not measured yet: `bench` scores the held-out split's own answers with the rules."
+    chosen, rejected = checked["chosen"], checked["rejected"]
+    rows = [f"| chosen | {chosen['prompts']} | {chosen['all_rules']:.0%} | {chosen['at_most_three_sentences_rate']:.0%} | "
+            f"{chosen['next_step_rate']:.0%} | {chosen['blame_rate']:.0%} |"]  # fmt: skip
+    rows += [f"| rejected, {fault} | {f['prompts']} | {f['all_rules']:.0%} | {f['at_most_three_sentences_rate']:.0%} | "
+             f"{f['next_step_rate']:.0%} | {f['blame_rate']:.0%} |" for fault, f in rejected.items()]  # fmt: skip
+    return ("The rules on the held-out split's own answers (`rules_on_the_data` in `reports/stage4_train.json`):\n\n"
+            "| answers | n | all 3 rules | at most 3 sentences | next step | blame flagged |\n"
+            "|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows))  # fmt: skip
+
+
+SECTIONS = [("instrument", "stage4_train.json", instrument), ("methods", "stage4_train.json", methods), ("served", "stage4_train.json", served),
             ("precisions", "stage4_train.json", precisions)]  # fmt: skip
 ASSETS = ["stage4_train.png"]

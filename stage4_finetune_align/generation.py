@@ -5,12 +5,17 @@ This module measures the behaviour itself: for each held-out prompt (never train
 answers greedily with a fixed budget of new tokens, and each reply is checked against the voice:
 
     at most three sentences    (a reply cut off by the token budget counts its unfinished sentence)
-    no blaming phrase          ("you should have", "your fault", "read the manual", ...)
-    a concrete next step       ("please send", "go to", "tap", "I'll check", ...)
+    no blaming phrase          ("you should have", "before asking", "which the guide explains", ...)
+    a concrete next step       an action ("Turn on ...", "please", "I'll check") and a specific
+                               (a menu path, a quoted label, a number: "Reset it." is not concrete)
 
 The figures: the share of replies that meet all three rules (`all_rules`, the headline), the mean
 number of sentences, and the blame rate (the share with a blaming phrase). The rules are regular
-expressions on purpose: crude, visible, and arguable: a learner can read them and disagree.
+expressions on purpose: crude, visible, and arguable: a learner can read them and disagree. They
+were written from the training split's answers, and `rules_on_the_data` measures them on the
+held-out split's own answers: how many chosen answers pass, how many curt, rambling and blaming
+ones fail. That is the instrument's calibration: a rule the data's chosen answers fail caps what
+any model can score, and a rule the rejected answers pass measures nothing.
 
 Two ways to get the replies, so that the same figures can be measured on a served model:
 - `generate_replies`: Transformers in this process, prompts batched with left padding (a prompt's
@@ -29,10 +34,46 @@ from typing import Any
 MAX_NEW_TOKENS = 128  # the longest chosen answer in the data is 84 tokens: a good reply always fits
 BATCH_SIZE = 16
 
-BLAME = re.compile(r"\b(your fault|you obviously|you should have|you didn't|you failed|user error|read the (docs|manual))\b",
-                   re.IGNORECASE)  # fmt: skip
-NEXT_STEP = re.compile(
-    r"\b(please|try|go to|open|send|check|tap|click|reply|contact|I will|I'll|let me)\b", re.IGNORECASE
+# Blame: the reply puts the problem on the user. Written from the training split's blaming answers
+# and checked on the held-out split (`rules_on_the_data`): it catches under half of them, and no
+# chosen answer; blame often hides in tone ("which the guide explains", "before assuming"), which a
+# list of phrases only partly sees.
+BLAME = re.compile(
+    r"\b(your fault|you obviously|you should have|you didn't|you failed|user error|read the (docs|manual)"
+    r"|should already know|before (asking|messaging|writing in|assuming|panicking)|you could have|which you could"
+    r"|if you bother|you presumably|you must have|you were supposed to|you agreed to|you picked it|you chose"
+    r"|(most|many|a lot of) (people|customers|players|users)|everyone (says|else)|people forget|you forget"
+    r"|which (the|our) [\w -]+ (warns|warned|explains|tells|says|told|reminds)"
+    r"|clearly (labelled|shown|written|stated)|(not hard|easy) to find|obvious place|literally says|in big letters"
+    r"|more carefully|this time|actually reading|please read|without reading|honestly"
+    r"|nothing to (complain|worry) about|as fine as you think|(problem|issue) with your"
+    r"|you (really )?(should|need to) (have|read|check))\b",
+    re.IGNORECASE,
+)
+# A concrete next step is an action and a specific. The action: an imperative opening a sentence or
+# a clause ("Turn on ...", "..., then add ..."), a few verbs anywhere ("please", "send", "check"),
+# "you can", or what the engineer will do or has done ("I'll check", "I've refunded"). The specific: where (a menu path, "Settings > Sensor"),
+# what (a quoted label or command, a number, a link) or who acts next. "Reset it." has an action
+# and nothing specific: curt answers fail here, which a list of verbs alone would let through.
+IMPERATIVES = (
+    "add apply book call cancel change charge check choose clean clear click close compare confirm connect "
+    "contact create delete deploy disable download drag email enable enter follow forward freeze give go head "
+    "hold install invite keep link log look make mark message move open order pair pick pin plug raise "
+    "re-enter reconnect refresh reinstall reload remove reopen reply report request reset restart restore "
+    "rinse roll route run schedule select send set share sign start subscribe switch tap text tick tighten "
+    "try turn type unlink untick update upload use verify visit wait wear"
+).split()
+ACTION = re.compile(
+    r"\b(please|try|go to|open|send|check|tap|click|reply|contact|you can|I will|I'll|I can|let me|tell me"
+    r"|I've (\w+ )?(asked|opened|refunded|reported|escalated|added|sent|credited|reset|raised|flagged|applied"
+    r"|cancelled|switched|extended|waived|restored))\b"
+    rf"|(^|[.;:!?]\s+|,? then\s+|—\s+|, or\s+)({'|'.join(IMPERATIVES)})\b",
+    re.IGNORECASE,
+)
+SPECIFIC = re.compile(
+    r"\w >|\"[^\"]+\"|“[^”]+”|\d|https?://"
+    r"|\b(I'll|I will|I've|I can|let me|tell me|send me|reply with|under|from your|in your|on your|with your)\b",
+    re.IGNORECASE,
 )
 
 
@@ -41,10 +82,10 @@ def sentences(text: str) -> int:
 
 
 def style_score(text: str) -> dict[str, Any]:
-    """1/3 each: at most three sentences; no blame; a concrete next step."""
-    # EXERCISE stage4.style_score: three checks (1 to 3 sentences, no BLAME match, a NEXT_STEP match) as booleans, plus "score": the share that hold
+    """1/3 each: at most three sentences; no blame; a concrete next step (an action and a specific)."""
+    # EXERCISE stage4.style_score: three checks (1 to 3 sentences, no BLAME match, a next step: an ACTION match and a SPECIFIC match) as booleans, plus "score": the share that hold
     checks = {"at_most_three_sentences": 0 < sentences(text) <= 3, "no_blame": not BLAME.search(text),
-              "next_step": bool(NEXT_STEP.search(text))}  # fmt: skip
+              "next_step": bool(ACTION.search(text)) and bool(SPECIFIC.search(text))}  # fmt: skip
     return {**checks, "score": sum(checks.values()) / len(checks)}
     # END EXERCISE
 

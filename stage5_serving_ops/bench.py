@@ -204,6 +204,48 @@ def sweep(base_url: str, model: str, levels: Sequence[int], requests: int, max_t
     ]
 
 
+def long_prompts(count: int, chars: int = 2400) -> list[str]:
+    """`count` different prompts of about 600 tokens (sections of the Python reference that ships with
+    Python): different from their first words on, so no prefix cache serves one from another."""
+    from pydoc_data.topics import topics
+
+    names = sorted(name for name, text in topics.items() if len(text) >= chars)[:count]
+    return [f"Summarise this in one sentence.\n\n{topics[name][:chars]}" for name in names]
+
+
+def dtype_probe(base_url: str, model: str, api_key: str | None = None, repeats: int = 3,
+                max_tokens: int = 64) -> dict[str, Any]:  # fmt: skip
+    """One user's prefill and decoding on a running server, the two costs a dtype changes differently.
+
+    Prefill: `repeats` long prompts, each asking for one token, so the request's time is the time to
+    read the prompt. Decoding: `repeats` short prompts answered with up to `max_tokens` tokens, timed
+    from the first token to the last. Medians; a failed request fails the probe.
+    """
+    import statistics
+
+    import openai
+
+    from shared.console import WorkFailed
+
+    async def run() -> tuple[list[RequestResult], list[RequestResult]]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=600)
+        await one_request(client, model, "Hello!", 4)  # the server's first-request warm-up
+        prefill = [await one_request(client, model, p, 1) for p in long_prompts(repeats)]
+        decode = [await one_request(client, model, p, max_tokens) for p in load_prompts()[:repeats]]
+        await client.close()
+        return prefill, decode
+
+    prefill, decode = asyncio.run(run())
+    if failed := [r.error for r in prefill + decode if not r.ok]:
+        raise WorkFailed(f"the dtype probe's requests failed: {failed[0]}")
+    rates = [(r.completion_tokens - 1) / (r.end - r.first_token) for r in decode
+             if r.first_token is not None and r.completion_tokens > 1 and r.end > r.first_token]  # fmt: skip
+    return {"repeats": repeats, "max_tokens": max_tokens,
+            "prompt_tokens": statistics.median(r.prompt_tokens for r in prefill),
+            "prefill_s": statistics.median(r.end - r.start for r in prefill),
+            "decode_tokens_per_s": statistics.median(rates) if rates else None}  # fmt: skip
+
+
 def transformers_baseline(model: str, prompts: Sequence[str], requests: int, max_tokens: int = 64,
                           on_done: Callable[[], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """The same prompts answered one after another by in-process Transformers (greedy, same max_tokens)."""

@@ -1,4 +1,4 @@
-"""Stage 5's commands: serve, bench, race, plan, quantize, cost, traces, eval, calibrate, regressions, demo.
+"""Stage 5's commands: serve, bench, race, dtypes, plan, quantize, cost, traces, eval, calibrate, regressions, demo.
 
 python -m stage5_serving_ops serve                                   # vLLM on 127.0.0.1:8000; Ctrl-C, SIGTERM, SIGHUP stop it
 python -m stage5_serving_ops serve --engine scratch                  # the engine written by hand, same API
@@ -7,6 +7,7 @@ python -m stage5_serving_ops race                                    # the hand-
 python -m stage5_serving_ops plan --config stage5_serving_ops/data/configs/llama-3.1-70b.json --memory-gib 80 --context 8192 --users 16
 python -m stage5_serving_ops bench --base-url http://127.0.0.1:8000/v1 --concurrency 1,4,8
 python -m stage5_serving_ops bench                                   # starts and stops its own server
+python -m stage5_serving_ops dtypes                                  # prefill and decoding in bfloat16 and float32
 python -m stage5_serving_ops quantize                                # fp32 / bf16 / int8 / nf4 / fp4 trade-off
 python -m stage5_serving_ops cost                                    # prices and spend per route and model
 python -m stage5_serving_ops traces --last 2
@@ -154,6 +155,58 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print(f"baseline (Transformers, one by one): {b['output_tokens_per_s']:.1f} tok/s, "
                       f"e2e p50 {ms(b['e2e_p50_s'])} ms")  # fmt: skip
     console.print(f"wrote {json_path} and {plot_path}")
+    return 0
+
+
+def cmd_dtypes(args: argparse.Namespace) -> int:
+    """Serve the model in each dtype in turn; time one user's prefill and decoding in each."""
+    import json
+
+    from shared import paths
+    from stage5_serving_ops.bench import dtype_probe
+    from stage5_serving_ops.launch import running_server, server_config
+    from stage5_serving_ops.server import DTYPES, cpu_has_bfloat16, engine_dtype_for, on_gpu, served_model
+
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    if not dtypes or any(d not in DTYPES[1:] for d in dtypes):
+        raise BadInput(f"--dtypes takes {', '.join(DTYPES[1:])} separated by commas, got {args.dtypes!r}")
+    if args.repeats < 1:
+        raise BadInput(f"--repeats must be at least 1, got {args.repeats}")
+    gpu = on_gpu()
+    report: dict[str, Any] = {"model": args.model, "engine": args.engine, "device": "cuda" if gpu else "cpu",
+                              "cpu_has_bfloat16": cpu_has_bfloat16(), "auto": engine_dtype_for("auto", gpu) or "bfloat16",
+                              "dtypes": {}}  # fmt: skip
+    for dtype in dtypes:
+        with progress(transient=True) as bar:
+            bar.add_task(f"{dtype}: starting the server, then {args.repeats} long prompts and {args.repeats} replies",
+                         total=None)  # fmt: skip
+            with running_server(replace(server_config(args, port=0), dtype=dtype)) as server:
+                row = dtype_probe(server.base_url, served_model(server.base_url), repeats=args.repeats)
+                report["dtypes"][dtype] = {
+                    **row,
+                    "served_as": server.engine_dtype(),
+                    "server_start_s": server.started_s,
+                }
+    rows = report["dtypes"]
+    if {"bfloat16", "float32"} <= rows.keys():
+        bf16, fp32 = rows["bfloat16"], rows["float32"]
+        report["bfloat16_over_float32"] = {
+            "prefill_time": bf16["prefill_s"] / fp32["prefill_s"],
+            "decode_rate": (bf16["decode_tokens_per_s"] or 0) / (fp32["decode_tokens_per_s"] or 1),
+        }
+    out = Path(args.out) if args.out else paths.reports_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = paths.atomic_write_text(out / "stage5_dtypes.json", json.dumps(report, indent=2) + "\n")
+    if args.json:
+        print_json(report)
+        return 0
+    show(table(f"{args.engine} on {report['device']} (bfloat16 instructions: {'yes' if report['cpu_has_bfloat16'] else 'no'}; "
+               f"--dtype auto picks {report['auto']})",
+               ["dtype", "prompt tokens", "prefill s", "decode tok/s", "served as"],
+               [(d, f"{r['prompt_tokens']:.0f}", f"{r['prefill_s']:.2f}",
+                 "-" if r["decode_tokens_per_s"] is None else f"{r['decode_tokens_per_s']:.1f}", r["served_as"] or "?")
+                for d, r in rows.items()]))  # fmt: skip
+    console.print(f"wrote {path}")
     return 0
 
 
@@ -314,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64)
     add_report_options(p)
     p.set_defaults(handler=cmd_race)
+
+    p = sub.add_parser(
+        "dtypes", help="prefill and decoding in bfloat16 and float32 -> reports/stage5_dtypes.json"
+    )
+    add_server_options(p)
+    p.add_argument("--engine", choices=("vllm", "scratch"), default="vllm")
+    p.add_argument(
+        "--dtypes", default="bfloat16,float32", help="the dtypes to serve in turn, comma-separated"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="long prompts, and replies, per dtype")
+    add_report_options(p)
+    p.set_defaults(handler=cmd_dtypes)
 
     add_plan_parser(sub)
 

@@ -176,6 +176,23 @@ def gate(r: dict[str, Any]) -> str:
     return "\n".join([intro, "", head, rule, *rows, "", " ".join(prose)])
 
 
-SECTIONS = [("load", "stage5_serving.json", load), ("race", "stage5_engine.json", race),
+def dtypes(r: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {name} | {d['served_as'] or '?'} | {d['prompt_tokens']:.0f} | {d['prefill_s']:.2f} | "
+        f"{'-' if d['decode_tokens_per_s'] is None else format(d['decode_tokens_per_s'], '.1f')} |"
+        for name, d in r["dtypes"].items()
+    )
+    text = (f"`dtypes` on {r['device']} ({'with' if r['cpu_has_bfloat16'] else 'without'} bfloat16 instructions, so "
+            f"`--dtype auto` picks {r['auto']}), one user, medians of {next(iter(r['dtypes'].values()))['repeats']} "
+            f"requests (`reports/stage5_dtypes.json`):\n\n"
+            "| asked for | vLLM computed in | prompt tokens | prefill s | decode tok/s |\n|---|---|---:|---:|---:|\n"
+            + rows)  # fmt: skip
+    if ratio := r.get("bfloat16_over_float32"):
+        text += (f"\n\nbfloat16 against float32: prefill takes {ratio['prefill_time']:.1f}x the time, decoding runs at "
+                 f"{ratio['decode_rate']:.2f}x the rate.")  # fmt: skip
+    return text
+
+
+SECTIONS = [("dtypes", "stage5_dtypes.json", dtypes), ("load", "stage5_serving.json", load), ("race", "stage5_engine.json", race),
             ("plans", "stage5_plans.json", plans), ("gate", "stage5_gate.json", gate)]  # fmt: skip
 ASSETS = ["stage5_engine.png", "stage5_serving.png", "stage5_gate.png"]

@@ -104,7 +104,7 @@ def engine_dtype_for(dtype: str, gpu: bool, cpuinfo: str | None = None) -> str |
     `auto` on a GPU: the engine's default (bfloat16). On a CPU: bfloat16 only where the CPU has
     bfloat16 instructions; elsewhere (AVX2 machines, many laptops and CI runners) float32, because
     there bfloat16 is emulated and reading a prompt, which is compute-bound, pays for it several
-    times over (`bench --dtypes` measures prefill and decoding in each).
+    times over (the `dtypes` command measures prefill and decoding in each).
     """
     if dtype != "auto":
         return dtype

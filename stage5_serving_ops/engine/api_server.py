@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     app = build_app(AsyncEngine(engine), tokenizer, args.served_model_name, os.environ.get(API_KEY_ENV) or None,
                     args.max_model_len)  # fmt: skip
+    # the line vLLM's log has too (`dtype=torch.float32`): VLLMServer.engine_dtype reads it for either engine
+    print(f"serving {args.served_model_name} with dtype=torch.{args.dtype}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

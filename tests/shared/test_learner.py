@@ -35,6 +35,10 @@ def test_the_readme_figures_come_from_the_reports(tmp_path):
     assert "old" in old and "old" not in new and new.endswith("after\n")
     assert "10.0 tok/s at 1 user(s), 21.5 at 8; Transformers one by one 9.0" in new
     assert "no report yet" in new, "missing reports are named, not invented"
+    kept = "| 1 | decode tok/s measured by an earlier bench | `stage1_decode.json` |"
+    readme.write_text(new.replace("| 1 | no report yet: run `make bench` (writes reports/stage1_decode.json) | "
+                                  "`stage1_decode.json` |", kept))  # fmt: skip
+    assert kept in figures.update(readme, reports)[1], "a row whose report is missing here is kept, not wiped"
     readme.write_text("# no markers\n")
     with pytest.raises(BadInput, match="no <!-- figures:start -->"):
         figures.update(readme, reports)

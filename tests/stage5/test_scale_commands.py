@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 
+from shared.console import run_cli
 from stage5_serving_ops.cli import main
 from stage5_serving_ops.race import race, write_report
 
@@ -49,6 +50,27 @@ def test_the_race_runs_every_workload_and_reports_ratios_and_targets(tiny_dir, t
     assert json.loads(json_path.read_text())["ratios"] == report["ratios"] and png.stat().st_size > 10_000
 
 
+@pytest.mark.server
+def test_dtypes_serves_each_dtype_in_turn_and_times_prefill_and_decoding(tiny_dir, tmp_path, capsys):
+    """The `dtypes` command on the hand-written engine and the tiny model: a server per dtype, the probe's
+    figures, the ratio, and the README section rendered from the report."""
+    from stage5_serving_ops.figures import dtypes
+
+    argv = ["dtypes", "--engine", "scratch", "--model", str(tiny_dir), "--kv-cache-gib", "1", "--repeats", "1",
+            "--out", str(tmp_path), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "stage5_dtypes.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert list(report["dtypes"]) == ["bfloat16", "float32"] and report["auto"] in ("bfloat16", "float32")
+    for name, row in report["dtypes"].items():
+        assert row["prompt_tokens"] > 400, "a long prompt: the prefill is what is timed"
+        assert row["served_as"] == name, "the engine computed in the dtype asked for"
+        assert row["prefill_s"] > 0 and row["decode_tokens_per_s"] > 0
+    assert report["bfloat16_over_float32"]["prefill_time"] > 0
+    assert "| float32 |" in dtypes(report) and "prefill takes" in dtypes(report)
+    assert run_cli(main, ["dtypes", "--dtypes", "float16"]) == 2
+
+
 @pytest.mark.exercise("stage5.kv_capacity")
 def test_plan_finds_the_smallest_layout_and_prints_json(capsys):
     config = "stage5_serving_ops/data/configs/llama-3.1-70b.json"
@@ -76,8 +98,6 @@ def test_plan_finds_the_smallest_layout_and_prints_json(capsys):
     ],
 )
 def test_bad_plans_and_layouts_exit_2_with_one_line(argv, message, capsys):
-    from shared.console import run_cli
-
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
