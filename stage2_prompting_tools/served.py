@@ -136,12 +136,13 @@ class VLLMProcess:
         return self
 
     def stop(self, grace_s: float = 60.0) -> None:
-        """Ctrl-C to the serve command (it stops vLLM's process group), then SIGKILL to whatever is left."""
+        """SIGTERM to the serve command (it stops vLLM's process group, as on Ctrl-C), then SIGKILL to
+        whatever is left. SIGTERM, not SIGINT: a shell starts a background job with SIGINT ignored."""
         if self.process is None:
             return
         self.pids |= descendants(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:

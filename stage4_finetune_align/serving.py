@@ -8,7 +8,7 @@ A fine-tune is only done when something can serve it. Stage 4 writes two things 
 
 Stage 5 owns the serving (`python -m stage5_serving_ops serve`); this module runs that command as a
 child process exactly as a user would, reads the address it prints once the server is healthy, and
-stops it with Ctrl-C's signal (SIGINT), on which the command stops vLLM's whole process group, so
+stops it with SIGTERM, on which the command stops vLLM's whole process group as it does on Ctrl-C, so
 nothing is left running. Nothing here imports stage 5: the two stages meet at a command line and a
 model folder.
 
@@ -112,15 +112,17 @@ class ServedModel:
             return "(no log)"
 
     def stop(self, grace_s: float = 60.0) -> None:
-        """SIGINT, as Ctrl-C would: the serve command then stops vLLM's process group and exits."""
+        """SIGTERM, as a supervisor would: the serve command then stops vLLM's process group and exits,
+        as on Ctrl-C. Not SIGINT: a shell starts a background job with SIGINT ignored, and so would its
+        children be."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            process.kill()  # its vLLM child has its own process group; the command's SIGINT path stops it
+            process.kill()  # its vLLM child has its own process group; its watchdog stops it
             process.wait()
 
     def __enter__(self) -> ServedModel:

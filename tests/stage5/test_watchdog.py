@@ -60,7 +60,10 @@ def start_serve(tmp_path: Path, stand_in: bool, timeout: float) -> tuple[subproc
     # exercise workspace too, whose own packages come first
     path = [p for p in (os.environ.get("PYTHONPATH", ""), str(REPO)) if p]
     env = {**os.environ, "LLM_ROADMAP_ARTIFACTS": str(tmp_path), "PYTHONPATH": os.pathsep.join(path)}
-    cli = subprocess.Popen([*head, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=log, env=env)
+    # SIGINT at its default, as for a command typed at a terminal: a shell starts a background job (a CI
+    # step, say) with SIGINT ignored, and a Ctrl-C test would then test nothing but the ignoring
+    cli = subprocess.Popen([*head, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=log, env=env,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     ready = threading.Event()
     threading.Thread(target=lambda: cli.stdout.readline() and ready.set(), daemon=True).start()
     assert ready.wait(timeout), f"serve never printed its URL: {(tmp_path / 'serve.log').read_text()[-800:]}"
