@@ -62,9 +62,9 @@ demo: setup
 	@echo "== stage 3: the self-reflective RAG over the Python docs (builds the index once)" >&2
 	$(PY) -m stage3_retrieval index
 	$(PY) -m stage3_retrieval ask "How do I pick the few smallest items of a big list efficiently?"
-	@echo "== stage 4: curate preference pairs, a short SFT-then-DPO run, base and tuned replies served by stage 5's vLLM" >&2
+	@echo "== stage 4: curate preference pairs, the default DPO run (about 5 min), base and tuned replies served by stage 5's vLLM" >&2
 	$(PY) -m stage4_finetune_align curate stage4_finetune_align/data/noisy_pairs.jsonl artifacts/stage4/demo_clean.jsonl
-	$(PY) -m stage4_finetune_align train --sft-steps 12 --steps 4 --out artifacts/stage4/demo
+	$(PY) -m stage4_finetune_align train --out artifacts/stage4/demo
 	$(PY) -m stage4_finetune_align demo --adapter artifacts/stage4/demo/adapter --merged artifacts/stage4/demo/merged
 	@echo "== stage 5: vLLM serving 1 and 8 users; cost, one trace, stage 3 answering through it, Ragas; then it stops" >&2
 	$(PY) -m stage5_serving_ops demo

@@ -1,6 +1,6 @@
-"""The capstone's default recipe, shortened: it changes what the model writes on held-out prompts.
+"""The capstone's default run changes what the model writes on held-out prompts.
 
-The bench measures the full default run on all 43 held-out prompts; this checks a shortened run
+The bench measures the default run on all 43 held-out prompts; this checks the same run
 (tests/stage4/conftest.py) on the first PROMPTS of them, base and tuned from one process
 (`compare`: the same base model with the adapter off, then on).
 """
@@ -21,7 +21,7 @@ LIFT_AT_LEAST = 0.25  # the share of replies meeting all three rules rises by at
 
 
 @pytest.mark.slow
-def test_a_short_default_run_changes_what_the_model_writes(tuned):
+def test_the_default_run_changes_what_the_model_writes(tuned):
     adapter, summary = tuned
     assert summary["method"] == DEFAULT_METHOD
     done = subprocess.run([sys.executable, "-m", "stage4_finetune_align", "compare", "--held-out", str(PROMPTS),
