@@ -106,6 +106,23 @@ def chat_model():
     return LocalChatModel()
 
 
+VLLM_API_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """One real vLLM server for the whole session, shared by stage 2's and stage 5's `server` tests (a
+    start costs about 50 s on a 2-core CPU): stage 5's `serve` defaults (tool calling on, eager, the
+    bundled chat model) with an API key. Stopped at the end of the session, with nothing left running."""
+    from stage5_serving_ops.server import ServerConfig, VLLMServer
+
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    server = VLLMServer(ServerConfig(port=0, api_key=VLLM_API_KEY, log_file=str(log)))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     """(model, tokenizer): SmolLM2's architecture and tokenizer, but 2 layers of width 64 and random

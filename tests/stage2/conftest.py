@@ -1,9 +1,12 @@
-"""Stage 2 fixtures: the sample APIs, the in-process tool model and router, and one real vLLM server
-for the whole session (`server` tests). The scripted model and fixed router are in scripted.py."""
+"""Stage 2 fixtures: the sample APIs, the in-process tool model and router, and a tool model on the
+session's one real vLLM server (`vllm_server`, tests/conftest.py, for the `server` tests). The scripted
+model and fixed router are in scripted.py."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.conftest import VLLM_API_KEY
 
 
 @pytest.fixture
@@ -31,19 +34,7 @@ def router():
 
 
 @pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    """Stage 5's server, started once per session the way a user starts it (`serve --port 0`), stopped
-    at the end; the teardown fails the session if any of its processes outlives it."""
-    from stage2_prompting_tools.served import VLLMProcess
-
-    server = VLLMProcess(log_path=tmp_path_factory.mktemp("vllm") / "serve.log").start()
-    yield server
-    server.stop()
-    assert server.alive() == [], f"processes left running after the server stopped: {server.alive()}"
-
-
-@pytest.fixture(scope="session")
 def served_model(vllm_server):
     from stage2_prompting_tools.served import ServedToolModel
 
-    return ServedToolModel("smollm2-135m-instruct", vllm_server.base_url)
+    return ServedToolModel(vllm_server.config.served_name, vllm_server.base_url, VLLM_API_KEY)

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 
 from stage2_prompting_tools.served import VLLMProcess, required_probe
+from tests.conftest import VLLM_API_KEY
 
 
 def test_the_launcher_stops_the_whole_tree_even_a_child_in_its_own_session(tmp_path):
@@ -37,7 +38,9 @@ def test_ask_against_the_real_server(vllm_server, capsys):
     from stage2_prompting_tools.cli import main
 
     question = "I had 1250 stickers and gave away 387. How many are left?"
-    code = run_cli(main, ["ask", "--base-url", vllm_server.base_url, "--json", question])
+    code = run_cli(
+        main, ["ask", "--base-url", vllm_server.base_url, "--api-key", VLLM_API_KEY, "--json", question]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["steps"][0]["tool"] == "calculator" and out["steps"][0]["result"] == "863"
 

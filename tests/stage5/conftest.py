@@ -1,21 +1,11 @@
-"""One real vLLM server for the whole stage 5 suite (about 40 s to start on a 2-core CPU)."""
+"""Stage 5 fixtures: a client of the session's one real vLLM server (`vllm_server`, tests/conftest.py), and
+a small stage 3 index."""
 
 from __future__ import annotations
 
 import pytest
 
-API_KEY = "test-key"
-
-
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory):
-    from stage5_serving_ops.server import ServerConfig, VLLMServer
-
-    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    server = VLLMServer(ServerConfig(port=0, api_key=API_KEY, log_file=str(log)))
-    server.start()
-    yield server
-    server.stop()
+from tests.conftest import VLLM_API_KEY as API_KEY
 
 
 @pytest.fixture
