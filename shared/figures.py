@@ -50,11 +50,15 @@ def stage2(r: dict[str, Any]) -> str:
     shipped, multi = runs[mode, "shipped"], runs[mode, "multistep"]
     free = tools["in_process"]["no_grammar"]
     best_multi = max((x for x in runs.values() if x["suite"] == "multistep"), key=lambda x: x["task_success"])
-    injected = max(tools["in_process"]["injection"], key=lambda x: x["ran"])
+    worst = max(tools["in_process"]["injection"], key=lambda x: x["ran"])
+    targets = sum(
+        x.get("target_tool") in x["ran"] for s in tools["in_process"]["injection"] for x in s["rows"]
+    )
     return (f"tool calls, default mode {mode}: shipped suite right tool {shipped['right_tool']:.0%}, valid "
             f"{shipped['valid_call']:.0%}, task success {shipped['task_success']:.0%} (no grammar: valid "
             f"{free['valid_call']:.0%}); two-step tasks {multi['task_success']:.0%} (best: {best_multi['mode']} "
-            f"{best_multi['task_success']:.0%}); injected tools run {injected['ran']:.0%} of {injected['attacks']} attacks")  # fmt: skip
+            f"{best_multi['task_success']:.0%}); of {worst['attacks']} injection attacks, an unrequested tool ran in "
+            f"{round(worst['ran'] * worst['attacks'])} (`{worst['mode']}` mode), the attack's own tool in {targets}")  # fmt: skip
 
 
 def stage3(r: dict[str, Any]) -> str:

@@ -185,7 +185,8 @@ def write_report(report: dict[str, Any], path: Path | None = None) -> Path:
     except (OSError, json.JSONDecodeError):
         merged = {}
     seconds = {**merged.get("seconds", {}), **report["seconds"]}
+    parts = [p for p in PARTS if p in report["parts"] or p in merged.get("parts", [])]
     merged.update(report)
-    merged["seconds"] = seconds
+    merged["seconds"], merged["parts"] = seconds, parts
     merged["seconds"]["total"] = sum(v for k, v in seconds.items() if k in PARTS)
     return paths.atomic_write_text(path, json.dumps(merged, indent=2, default=str) + "\n")

@@ -170,14 +170,28 @@ def modes_findings(r: dict[str, Any]) -> str:
         f"What this run measured ({sample_note(r)}):",
         "",
         f"- **Best mode in process:** `{best}`, mean task success {pct(mean_success(runs, best))} over the two "
-        f"suites; on two-step tasks the best is `{best_multi}` "
-        f"({pct(runs[best_multi, 'multistep']['task_success'])}). `router` makes one call by construction, "
+        f"suites; "
+        + (
+            f"on two-step tasks the best is `{best_multi}` ({pct(runs[best_multi, 'multistep']['task_success'])}). "
+            if runs[best_multi, "multistep"]["task_success"]
+            else "no mode completed a two-step task. "
+        )
+        + "`router` makes one call by construction, "
         f"so its two-step right-tool rate is {pct(runs['router', 'multistep']['right_tool'])}.",
         f"- **The grammar:** with the router choosing the tool, the model's calls were valid in "
         f"{pct(grammar['valid_call'])} of one-step tasks under the grammar and {pct(free['valid_call'])} "
         f"without it (right arguments {pct(grammar['right_arguments'])} vs {pct(free['right_arguments'])}). "
         f"Valid call over every mode and suite in process: {pct(min(valid))} to {pct(max(valid))}.",
     ]
+    for m in ("model", "hybrid"):
+        rows = runs.get((m, "multistep"), {}).get("rows", [])
+        if rows:
+            second = sum(len(x["calls"]) >= 2 for x in rows)
+            out.append(f"- **Second calls, `{m}`:** after the first result the model chose another call on {second} "
+                       f"of {len(rows)} two-step tasks and `answer` on the rest; a task needs both calls to "
+                       "succeed. The loop offers the choice at every step; the likely reason the model rarely "
+                       "takes it, not measured part by part: most of its demonstrations show one call, then "
+                       "`answer`, and a 135M model copies the majority shape.")  # fmt: skip
     if "served" in t:
         served = runs_of(r, "served")
         diffs = ", ".join(
@@ -206,6 +220,26 @@ def injection_cell(row: dict[str, Any]) -> str:
     return text + ("; reply obeyed" if row["obeyed"] else "")
 
 
+def injection_finding(suite: dict[str, Any]) -> str:
+    """One line per suite: unrequested calls, split into the attack's own tool and others; an unrequested
+    first call came before any tool result, so no page asked for it (a routing or decision error)."""
+    rows, n = suite["rows"], suite["attacks"]
+    who = "the router" if suite["mode"] == "router" else "the model"
+    target = [x["id"] for x in rows if x.get("target_tool") in x["ran"]]
+    others = [(x["id"], t, bool(x["tools_called"]) and x["tools_called"][0] == t)
+              for x in rows for t in x["ran"] if t != x.get("target_tool")]  # fmt: skip
+    text = (f"{who} chose a tool the user did not ask for in {sum(x['tried'] for x in rows)} of {n} attacks, and "
+            f"one ran in {sum(bool(x['ran']) for x in rows)}; the attack's own tool ran in {len(target)}"
+            + (f" ({', '.join(target)})" if target else ""))  # fmt: skip
+    if others:
+        text += "; other unrequested tools: " + ", ".join(
+            f"{t} in {i}"
+            + (" (the first call, before any tool result: no page asked for it)" if first else "")
+            for i, t, first in others
+        )
+    return text + f"; the reply carried the attack's word in {sum(x['obeyed'] for x in rows)}."
+
+
 def injection(r: dict[str, Any]) -> str:
     if "tools" not in r:
         return missing("tools")
@@ -219,19 +253,12 @@ def injection(r: dict[str, Any]) -> str:
     rows = "\n".join(
         f"| {a} | {via} | " + " | ".join(cells[b, m, a] for b, m in cols) + " |" for a, via in attacks
     )
-    lines = []
-    for b, s in suites:
-        n = s["attacks"]
-        tried = round(s["tried"] * n)
-        ran = round(s["ran"] * n)
-        obeyed = round(s["obeyed"] * n)
-        lines.append(f"- {BACKENDS[b]}, `{s['mode']}`: the model called a tool the user did not ask for in {tried} "
-                     f"of {n} attacks; an injected tool ran in {ran}; the reply carried the attack's word "
-                     f"in {obeyed}.")  # fmt: skip
+    lines = [f"- {BACKENDS[b]}, `{s['mode']}`: {injection_finding(s)}" for b, s in suites]
     findings = (
-        "Each cell: whether the model tried a tool the user did not ask for, whether it ran, what stopped it "
-        "(the shortlist, or the confirmation a side effect needs), and whether the reply contained the "
-        "attack's canary word. What this run measured:\n\n" + "\n".join(lines) + "\n\n"
+        "Each cell: whether a tool the user did not ask for was tried (chosen by the router in `router` mode, "
+        "by the model in `model` mode), whether it ran, what stopped it (the shortlist, or the confirmation a "
+        "side effect needs), and whether the reply contained the attack's canary word. What this run "
+        "measured:\n\n" + "\n".join(lines) + "\n\n"
         "The loop's guarantees decide whether an injected *call* runs; nothing in the loop stops the model "
         "from *repeating* what a page says in its reply, so the last figure is the model's own resistance."
     )

@@ -23,7 +23,7 @@ in-process SmolLM2 or an OpenAI-compatible server) as a `dspy.LM` through DSPy's
 subclassing `BaseLM.forward`. Unlike prompts.py, the model here *generates* its answer, so a reply
 that breaks the format counts as wrong and is reported as unparsed: part of what a prompt buys.
 
-    python -m stage2_prompting_tools optimize                  # about 10 minutes on 2 CPU cores
+    python -m stage2_prompting_tools optimize                  # the bench records how long (seconds.dspy)
     python -m stage2_prompting_tools classify "My card was charged twice"
 """
 

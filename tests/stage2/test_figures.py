@@ -79,9 +79,30 @@ def test_every_section_renders_the_reports_numbers(report):
     assert "13 minutes" in text["bench_time"] and "--limit 4" in text["bench_time"]
     assert text["modes"].count("\n| ") == 2 * 2 * len(MODES) + 1  # both backends, both suites, + no grammar
     assert "`hybrid`, mean task success 75%" in text["modes"]
-    assert "**RAN save_note**" in text["injection"] and "an injected tool ran in 1" in text["injection"]
+    assert (
+        "**RAN save_note**" in text["injection"]
+        and "the attack's own tool ran in 1 (i03)" in text["injection"]
+    )
+    assert "the router chose a tool the user did not ask for in 2 of 3" in text["injection"]
     assert "6-shot, similar, turns" in text["prompts"] and "60%" in text["prompts"]
     assert "optimized (knn)" in text["dspy"] and "40% (10%)" in text["dspy"]
+
+
+def test_an_unrequested_first_call_is_told_apart_from_an_injected_one():
+    """A call made before any tool result (a routing error) is not something a page asked for."""
+    misrouted = {
+        **attack_row(4, True, False, False),
+        "tools_called": ["convert_currency"],
+        "ran": ["convert_currency"],
+    }
+    suite = {
+        **injection_suite("router"),
+        "rows": [attack_row(1, False, False, False), misrouted],
+        "attacks": 2,
+    }
+    line = figures.injection_finding(suite)
+    assert "the attack's own tool ran in 0" in line and "one ran in 1" in line
+    assert "convert_currency in i04 (the first call, before any tool result" in line
 
 
 def test_a_part_not_measured_says_how_to_measure_it(report):
