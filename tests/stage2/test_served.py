@@ -50,14 +50,14 @@ def test_ask_against_the_real_server(vllm_server, capsys):
     "stage2.tool_loop", "stage2.shortlist", "stage2.ground_schema", "stage2.constrained_decoding"
 )
 def test_served_calls_are_valid_on_the_shipped_suite(served_model, router):
-    """The grammar goes to the server as response_format: every call made is valid, as in process (first 12
-    tasks). In `model` mode the grammar also offers `answer`, so the model may call nothing: that is a
-    decision (scored by right_tool), not an invalid call."""
+    """The grammar goes to the server as response_format: every call made is valid, as in process (first 8
+    tasks; the bench runs all 36). In `model` mode the grammar also offers `answer`, so the model may call
+    nothing: that is a decision (scored by right_tool), not an invalid call."""
     from stage2_prompting_tools.tool_eval import run_suite
 
-    report = run_suite(served_model, "shipped", "model", router, limit=12, answer=False)
+    report = run_suite(served_model, "shipped", "model", router, limit=8, answer=False)
     called = [r for r in report["rows"] if r["calls"]]
-    assert len(called) >= 9, report["rows"]
+    assert len(called) >= 6, report["rows"]
     assert all(r["valid_call"] for r in called), [r for r in called if not r["valid_call"]]
 
 
