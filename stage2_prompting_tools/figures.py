@@ -183,15 +183,15 @@ def modes_findings(r: dict[str, Any]) -> str:
         f"without it (right arguments {pct(grammar['right_arguments'])} vs {pct(free['right_arguments'])}). "
         f"Valid call over every mode and suite in process: {pct(min(valid))} to {pct(max(valid))}.",
     ]
-    for m in ("model", "hybrid"):
-        rows = runs.get((m, "multistep"), {}).get("rows", [])
-        if rows:
-            second = sum(len(x["calls"]) >= 2 for x in rows)
-            out.append(f"- **Second calls, `{m}`:** after the first result the model chose another call on {second} "
-                       f"of {len(rows)} two-step tasks and `answer` on the rest; a task needs both calls to "
-                       "succeed. The loop offers the choice at every step; the likely reason the model rarely "
-                       "takes it, not measured part by part: most of its demonstrations show one call, then "
-                       "`answer`, and a 135M model copies the majority shape.")  # fmt: skip
+    second = {m: runs[m, "multistep"]["rows"] for m in ("model", "hybrid") if (m, "multistep") in runs}
+    if second:
+        counts = ", ".join(f"`{m}` on {sum(len(x['calls']) >= 2 for x in rows)} of {len(rows)}"
+                           for m, rows in second.items())  # fmt: skip
+        out.append(f"- **Second calls:** after the first result the model chose another call ({counts} two-step "
+                   "tasks) and `answer` on the rest; a task needs both calls to succeed. The loop offers the "
+                   "choice at every step; the likely reason the model rarely takes it, not measured part by "
+                   "part: most of its demonstrations show one call, then `answer`, and a 135M model copies "
+                   "the majority shape.")  # fmt: skip
     if "served" in t:
         served = runs_of(r, "served")
         diffs = ", ".join(

@@ -115,12 +115,15 @@ def vllm_server(tmp_path_factory):
     start costs about 50 s on a 2-core CPU): stage 5's `serve` defaults (tool calling on, eager, the
     bundled chat model) with an API key. Stopped at the end of the session, with nothing left running."""
     from stage5_serving_ops.server import ServerConfig, VLLMServer
+    from stage5_serving_ops.watchdog import process_group_members
 
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
     server = VLLMServer(ServerConfig(port=0, api_key=VLLM_API_KEY, log_file=str(log)))
     server.start()
+    pgid = server.pgid
     yield server
     server.stop()
+    assert process_group_members(pgid) == [], "processes of the server's group outlived it"
 
 
 @pytest.fixture(scope="session")
